@@ -1,0 +1,63 @@
+/* The environment table: every setting, read once at load into a const struct. */
+#ifndef PA_CONFIG_H
+#define PA_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PA_MAX_LABELS      30   /* Pyroscope's series label limit */
+#define PA_MAX_HEADERS     16
+#define PA_LABEL_NAME_MAX  1024 /* Pyroscope: name <= 1024 bytes */
+#define PA_LABEL_VALUE_MAX 2048 /* Pyroscope: value <= 2048 bytes */
+
+enum pa_event { PA_EVENT_CPU = 0, PA_EVENT_ITIMER = 1 };
+
+struct pa_label {
+	const char *name;
+	const char *value;
+};
+
+struct pa_config {
+	const char *server_address; /* base URL without trailing '/' */
+	const char *application_name;
+	struct pa_label labels[PA_MAX_LABELS]; /* static labels */
+	int nlabels;
+	int64_t upload_interval_ns;
+	int64_t profiling_interval_ns;
+	enum pa_event event;
+	int64_t alloc_rate; /* mean bytes between heap samples; 0 = off */
+	bool alloc_live;
+	int log_level; /* enum pa_log_level */
+	const char *basic_user, *basic_password;
+	const char *auth_token;
+	const char *tenant_id;
+	struct pa_label headers[PA_MAX_HEADERS]; /* extra HTTP headers */
+	int nheaders;
+	const char *output_dir; /* NULL: no file sink */
+	bool disable;
+	bool upload; /* false when only the file sink is wanted */
+};
+
+/* Reads the environment (getenv) into *cfg. Every bad value gets one line
+ * on stderr naming the variable, the value (secrets never) and the
+ * fallback; the function itself never fails. Strings point into one
+ * arena owned by the config, released by pa_config_free. */
+void pa_config_load(struct pa_config *cfg);
+void pa_config_free(struct pa_config *cfg);
+
+/* The parsers behind the table, for tests and fuzzers. Return 0 or
+ * -EINVAL (nothing written on error). */
+int pa_config_parse_duration(const char *s, int64_t *ns); /* 10ms, 1.5s, 1m, 250us, bare number = seconds */
+int pa_config_parse_size(const char *s, int64_t *bytes);  /* 512k, 4m, 1g, 123 */
+int pa_config_parse_bool(const char *s, bool *out);       /* true/false/1/0/yes/no/on/off */
+/* "k=v,k2=v2" into labels (name/value strings written into buf). */
+int pa_config_parse_labels(const char *s, struct pa_label *out, int max, int *n,
+			   char *buf, size_t bufsize);
+/* A flat JSON object of strings {"k":"v",...} into headers. */
+int pa_config_parse_headers(const char *s, struct pa_label *out, int max, int *n,
+			    char *buf, size_t bufsize);
+/* A Pyroscope label name: [a-zA-Z_.][a-zA-Z0-9_.]* and not reserved. */
+bool pa_config_label_name_ok(const char *name);
+
+#endif

@@ -1,0 +1,61 @@
+/* Lock-free bounded MPSC queue of raw samples (hot path: producers are
+ * signal handlers and allocation hooks; the consumer is the agent thread). */
+#ifndef PA_RING_H
+#define PA_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bytes of stack copied per sample, starting at the interrupted sp. */
+#define PA_STACK_COPY 16384
+/* Register slots, indexed by libunwind's UNW_X86_64_* / UNW_AARCH64_*
+ * numbers (x86_64: RAX..R15 = 0..15, RIP = 16). */
+#define PA_NREGS 34
+
+enum pa_sample_kind {
+	PA_SAMPLE_CPU = 1,   /* values: [0] samples, [1] cpu ns */
+	PA_SAMPLE_ALLOC = 2, /* values: [0] objects, [1] bytes (unbiased); addr/size set */
+	PA_SAMPLE_MMAP = 3,  /* values: [0] 1, [1] length; exact, not sampled */
+};
+
+enum pa_sample_flags {
+	PA_SAMPLE_LEAF_EXACT = 1, /* regs.ip is the interrupted instruction (signal) */
+	PA_SAMPLE_NO_STACK = 2,   /* capture failed: only regs.ip is known */
+};
+
+struct pa_sample {
+	uint32_t kind;
+	uint32_t flags;
+	uint32_t tid;
+	uint32_t stack_len;    /* valid bytes in stack[] */
+	uint64_t time_ns;      /* CLOCK_MONOTONIC */
+	int64_t values[2];
+	uint64_t addr;         /* ALLOC/MMAP: the block */
+	uint64_t size;         /* ALLOC/MMAP: requested bytes */
+	uint64_t seq;          /* ALLOC: id matching the live table entry */
+	uint64_t regs[PA_NREGS];
+	uint64_t stack_start;  /* address that stack[0] was copied from */
+	uint8_t stack[PA_STACK_COPY];
+};
+
+struct pa_ring;
+
+/* Maps nslots (rounded up to a power of two) samples with mmap. Owns the
+ * memory; pa_ring_free releases it. Not for signal context. */
+int pa_ring_new(struct pa_ring **out, unsigned nslots);
+void pa_ring_free(struct pa_ring *r);
+
+/* Producer side, async-signal-safe and lock-free, any thread, re-entrant
+ * (a signal may interrupt a reserve/commit pair on the same thread).
+ * Returns NULL when full; the drop is counted. */
+struct pa_sample *pa_ring_reserve(struct pa_ring *r);
+void pa_ring_commit(struct pa_ring *r, struct pa_sample *s);
+
+/* Consumer side, one thread only: the next committed sample in order, or
+ * NULL if none is ready; pa_ring_release hands its slot back. */
+struct pa_sample *pa_ring_next(struct pa_ring *r);
+void pa_ring_release(struct pa_ring *r, struct pa_sample *s);
+
+uint64_t pa_ring_dropped(const struct pa_ring *r);
+
+#endif

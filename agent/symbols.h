@@ -1,0 +1,25 @@
+/* Function names for addresses: ELF .symtab, then .dynsym, symbol sizes
+ * respected, C++ demangled when libstdc++ is present. Agent thread only. */
+#ifndef PA_SYMBOLS_H
+#define PA_SYMBOLS_H
+
+#include <stdint.h>
+
+#include "modules.h"
+
+struct pa_symbols;
+
+int pa_symbols_new(struct pa_symbols **out);
+void pa_symbols_free(struct pa_symbols *s); /* accepts NULL; frees module caches too */
+
+/* Name of the function containing the absolute address pc in module m,
+ * or NULL if no symbol covers it. The string is owned by the cache and
+ * lives until pa_symbols_free. *start (if not NULL) gets the function's
+ * absolute start address. Loads m's symbols on first use (m->symbols). */
+const char *pa_symbols_lookup(struct pa_symbols *s, struct pa_module *m,
+			      uint64_t pc, uint64_t *start);
+
+/* Releases the cache hanging off a module that is going away. */
+void pa_symbols_forget(struct pa_module *m);
+
+#endif

@@ -1,0 +1,36 @@
+/* Stack capture and unwinding. Capture (hot path) copies registers and a
+ * bounded slice of the stack into a sample; unwinding (cold path) runs
+ * libunwind over that copy on the agent thread, never in the signal
+ * handler, so the loader lock and libunwind's TLS never meet a signal. */
+#ifndef PA_UNWIND_H
+#define PA_UNWIND_H
+
+#include <stdint.h>
+
+#include "modules.h"
+#include "ring.h"
+
+/* From a signal handler: registers from the ucontext, then up to
+ * PA_STACK_COPY bytes from the interrupted sp (bounded by pa_self's stack
+ * bounds, or read with process_vm_readv when they are unknown).
+ * Async-signal-safe. Sets PA_SAMPLE_LEAF_EXACT. */
+void pa_unwind_capture_signal(struct pa_sample *s, const void *ucontext);
+
+/* From a hook: the caller's registers and stack. Frames inside the agent
+ * itself are dropped when unwinding. No locks, no malloc. */
+void pa_unwind_capture_here(struct pa_sample *s);
+
+struct pa_unwind;
+
+int pa_unwind_new(struct pa_unwind **out, struct pa_modules *mods);
+void pa_unwind_free(struct pa_unwind *u); /* accepts NULL */
+
+/* Unwinds a captured sample into pcs[0..return), leaf first, at most max.
+ * pcs[0] is the leaf; return addresses are already moved back by one so
+ * every address points into its calling instruction; frames inside the
+ * agent are removed from the top. Returns the count (>= 1 when the leaf
+ * is known) or a negative errno. Agent thread only. */
+int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
+		     uint64_t *pcs, int max);
+
+#endif

@@ -1,0 +1,7 @@
+/* The runner itself runs. */
+#include "unit.h"
+
+TEST(runner_runs)
+{
+	CHECK(1 + 1 == 2);
+}
