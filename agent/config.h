@@ -36,7 +36,19 @@ struct pa_config {
 	int nheaders;
 	const char *output_dir; /* NULL: no file sink */
 	bool disable;
-	bool upload; /* false when only the file sink is wanted */
+	/* false when PYROAGENT_OUTPUT_DIR is set and PYROSCOPE_SERVER_ADDRESS
+	 * is not: files only, no network. */
+	bool upload;
+	/* Later issues (defaults in README): */
+	const char *process_filter;  /* PYROAGENT_PROCESS_FILTER: exe names, ',' separated; NULL = all */
+	int64_t memory_limit;        /* PYROAGENT_MEMORY_LIMIT bytes; 0 = detect */
+	int oom_guard_pct;           /* PYROAGENT_OOM_GUARD, default 90; 0 = off */
+	int64_t exit_timeout_ns;     /* PYROAGENT_EXIT_TIMEOUT, default 2s */
+	const char *ca_file;         /* PYROAGENT_CA_FILE */
+	bool tls_insecure;           /* PYROAGENT_TLS_INSECURE=1: no verification (logged) */
+	const char *spool_dir;       /* PYROAGENT_SPOOL_DIR; NULL = no spool */
+	int64_t spool_max;           /* PYROAGENT_SPOOL_MAX bytes, default 64m */
+	int64_t spool_max_age_ns;    /* PYROAGENT_SPOOL_MAX_AGE, default 55m */
 };
 
 /* Reads the environment (getenv) into *cfg. Every bad value gets one line
