@@ -30,6 +30,9 @@ struct pa_modules;
 
 int pa_modules_new(struct pa_modules **out);
 void pa_modules_free(struct pa_modules *m); /* accepts NULL */
+/* Called for a module's symbol cache when the module goes away
+ * (symbols.c passes pa_symbols_forget; keeps modules.c free of it). */
+void pa_modules_set_forget(struct pa_modules *m, void (*forget)(struct pa_module *));
 
 /* Re-reads the module list if anything was loaded or unloaded since the
  * last call (or always, with force). Keeps per-module symbol caches of
