@@ -1,0 +1,35 @@
+/* The agent's process-wide state, shared by the hot path and the agent thread. */
+#ifndef PA_AGENT_H
+#define PA_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "ring.h"
+
+enum pa_state {
+	PA_STATE_OFF = 0,   /* not loaded yet, disabled, or filtered out: hooks forward only */
+	PA_STATE_RUNNING,   /* sampling */
+	PA_STATE_STOPPING,  /* exit flush under way: no new samples */
+};
+
+struct pa_agent {
+	int state;           /* enum pa_state; read with relaxed atomics on the hot path */
+	pid_t pid;           /* the process the agent was started in (fork changes it) */
+	struct pa_config cfg;
+	struct pa_ring *ring;
+	/* Drops counted on the hot path, reported by the exporter. */
+	uint64_t drops_busy;    /* sample while agent code ran on the thread */
+	uint64_t drops_capture; /* stack copy failed */
+};
+
+extern struct pa_agent pa_agent;
+
+static inline bool pa_agent_running(void)
+{
+	return __atomic_load_n(&pa_agent.state, __ATOMIC_RELAXED) == PA_STATE_RUNNING;
+}
+
+#endif
