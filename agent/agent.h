@@ -2,6 +2,7 @@
 #ifndef PA_AGENT_H
 #define PA_AGENT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -31,5 +32,14 @@ static inline bool pa_agent_running(void)
 {
 	return __atomic_load_n(&pa_agent.state, __ATOMIC_RELAXED) == PA_STATE_RUNNING;
 }
+
+typedef int (*pa_pthread_create_fn)(pthread_t *, const pthread_attr_t *,
+				    void *(*)(void *), void *);
+
+/* Starts the thread through a trampoline that arms its CPU timer and
+ * disarms it when the thread ends (return, pthread_exit or cancel). */
+int pa_lifecycle_pthread_create(pa_pthread_create_fn real, pthread_t *thread,
+				const pthread_attr_t *attr,
+				void *(*start)(void *), void *arg);
 
 #endif
