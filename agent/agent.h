@@ -24,6 +24,8 @@ struct pa_agent {
 	/* Drops counted on the hot path, reported by the exporter. */
 	uint64_t drops_busy;    /* sample while agent code ran on the thread */
 	uint64_t drops_capture; /* stack copy failed */
+	/* The agent's own threads, never sampled. */
+	pid_t own_tids[4];
 };
 
 extern struct pa_agent pa_agent;
@@ -32,6 +34,12 @@ static inline bool pa_agent_running(void)
 {
 	return __atomic_load_n(&pa_agent.state, __ATOMIC_RELAXED) == PA_STATE_RUNNING;
 }
+
+/* True for the agent's own threads (exporter, uploader). */
+bool pa_agent_is_own_thread(pid_t tid);
+/* An agent thread calls this first: marks itself busy and agent-owned
+ * (never sampled, its allocations never profiled), blocks SIGPROF. */
+void pa_agent_thread_init(void);
 
 typedef int (*pa_pthread_create_fn)(pthread_t *, const pthread_attr_t *,
 				    void *(*)(void *), void *);
