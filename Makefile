@@ -38,6 +38,8 @@ PROG_C      := $(wildcard tests/programs/*.c)
 PROG_CXX    := $(wildcard tests/programs/*.cc)
 PROGRAMS    := $(PROG_C:tests/programs/%.c=$(BUILD)/programs/%) \
                $(PROG_CXX:tests/programs/%.cc=$(BUILD)/programs/%)
+BENCH_C     := $(filter-out tests/bench/passthrough.c,$(wildcard tests/bench/*.c))
+BENCHES     := $(BENCH_C:tests/bench/%.c=$(BUILD)/bench/%) $(BUILD)/bench/passthrough.so
 
 .PHONY: all deps test unit integration bench demo asan ubsan clean format
 .SECONDARY: $(GEN_SRCS)
@@ -94,6 +96,15 @@ $(BUILD)/programs/%: tests/programs/%.cc
 	@mkdir -p $(@D)
 	$(CXX) -g -O2 -Wall -Wextra $(CXXFLAGS) -o $@ $< -lpthread
 
+# --- benchmark programs --------------------------------------------------------
+$(BUILD)/bench/%: tests/bench/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -D_GNU_SOURCE -g -O2 -Wall -Wextra $(CFLAGS) -o $@ $< -lpthread
+
+$(BUILD)/bench/passthrough.so: tests/bench/passthrough.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -D_GNU_SOURCE -g -O2 -fPIC -shared $(CFLAGS) -o $@ $< -ldl
+
 # --- tests -------------------------------------------------------------------
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -106,7 +117,8 @@ unit: $(BUILD)/unit-tests
 integration: all
 	$(PYTEST) -q tests/integration tests/receiver
 
-bench: deps all
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCHES)
 	scripts/bench.sh
 
 demo: deps all
