@@ -12,7 +12,7 @@
 #include "cpu.h"
 #include "export.h"
 #include "filesink.h"
-#include "heap.h"
+#include "memprof.h"
 #include "log.h"
 #include "modules.h"
 #include "pprof.h"
@@ -47,7 +47,7 @@ struct exporter {
 	struct pa_unwind *uw;
 	struct pa_pprof *cpu;
 	struct pa_pprof *mem;
-	struct pa_heap *heap;
+	struct pa_memprof *heap;
 	int64_t start_wall_ns, start_mono_ns;
 	uint64_t seq_cpu, seq_mem;
 	uint64_t unwind_failures;
@@ -84,7 +84,7 @@ static void drain(struct exporter *e)
 		} else if (s->kind == PA_SAMPLE_CPU) {
 			pa_pprof_add(e->cpu, e->pcs, n, NULL, s->values);
 		} else if (e->heap) {
-			pa_heap_consume(e->heap, s, e->pcs, n);
+			pa_memprof_consume(e->heap, s, e->pcs, n);
 		}
 		pa_ring_release(pa_agent.ring, s);
 	}
@@ -141,7 +141,7 @@ static void emit(struct exporter *e)
 	pa_modules_refresh(e->mods, false);
 	add_drop_comment(e);
 	deliver(e, e->cpu, "process_cpu", "cpu", &e->seq_cpu, now_wall, duration);
-	if (e->heap && pa_heap_profile(e->heap, e->mem) == 0)
+	if (e->heap && pa_memprof_profile(e->heap, e->mem) == 0)
 		deliver(e, e->mem, "memory", "memory", &e->seq_mem, now_wall, duration);
 	pa_modules_read_unlock();
 	e->start_wall_ns = now_wall;
@@ -170,7 +170,7 @@ static int exporter_init(struct exporter *e)
 			.period_type = {"space", "bytes"}, .period = cfg->alloc_rate,
 			.max_samples = MAX_SAMPLES, .max_bytes = MAX_BYTES, .max_stacks = MAX_STACKS,
 		};
-		if ((rc = pa_pprof_new(&e->mem, &md)) || (rc = pa_heap_new(&e->heap, cfg)))
+		if ((rc = pa_pprof_new(&e->mem, &md)) || (rc = pa_memprof_new(&e->heap, cfg)))
 			return rc;
 	}
 	if (cfg->output_dir) {
