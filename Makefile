@@ -41,7 +41,8 @@ PROGRAMS    := $(PROG_C:tests/programs/%.c=$(BUILD)/programs/%) \
 BENCH_C     := $(filter-out tests/bench/passthrough.c,$(wildcard tests/bench/*.c))
 BENCHES     := $(BENCH_C:tests/bench/%.c=$(BUILD)/bench/%) $(BUILD)/bench/passthrough.so
 
-.PHONY: all deps test unit integration bench demo asan ubsan clean format
+.PHONY: all deps test unit integration bench demo asan ubsan clean format \
+        compose-up compose-down
 .SECONDARY: $(GEN_SRCS)
 
 all: $(BUILD)/libpyroagent.so $(BUILD)/aggregator $(BUILD)/unit-tests $(PROGRAMS)
@@ -65,7 +66,8 @@ $(BUILD)/agent/%.o: agent/%.c | $(GEN_SRCS)
 
 $(BUILD)/libpyroagent.so: $(AGENT_OBJS) agent/agent.map
 	$(CC) -shared -g -Wl,--version-script=agent/agent.map -Wl,-z,nodelete \
-	    -Wl,-z,now $(SAN) $(LDFLAGS) -o $@ $(AGENT_OBJS) $(AGENT_LIBS)
+	    -Wl,-z,now -Wl,--disable-new-dtags -Wl,-rpath,'$$ORIGIN/lib' \
+	    $(SAN) $(LDFLAGS) -o $@ $(AGENT_OBJS) $(AGENT_LIBS)
 
 $(BUILD)/libpyroagent-core.a: $(CORE_OBJS)
 	@rm -f $@
@@ -133,6 +135,16 @@ ubsan:
 	$(MAKE) BUILD=build-ubsan SAN="-fsanitize=undefined -fno-sanitize-recover=all" \
 	    build-ubsan/unit-tests build-ubsan/aggregator
 	build-ubsan/unit-tests
+
+# --- the compose demo (needs a Docker engine) ---------------------------------
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+compose-up:
+	$(COMPOSE) -f compose/docker-compose.yml up -d --build
+	@echo "Grafana http://localhost:3000  Pyroscope http://localhost:4040  aggregator http://localhost:8080"
+
+compose-down:
+	$(COMPOSE) -f compose/docker-compose.yml down
 
 format:
 	clang-format -i agent/*.c agent/*.h target/*.c target/*.h tests/unit/*.c tests/unit/*.h tests/programs/*.c
