@@ -1,0 +1,300 @@
+/* The sample ring: order, full and drops, reuse, many producers, signal
+ * re-entrancy. */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ring.h"
+#include "unit.h"
+
+TEST(ring_order_and_release)
+{
+	struct pa_ring *r;
+	CHECK_EQ_INT(pa_ring_new(&r, 8), 0);
+	CHECK(pa_ring_next(r) == NULL);
+	for (int i = 0; i < 5; i++) {
+		struct pa_sample *s = pa_ring_reserve(r);
+		CHECK(s);
+		s->seq = (uint64_t)i;
+		pa_ring_commit(r, s);
+	}
+	for (int i = 0; i < 5; i++) {
+		struct pa_sample *s = pa_ring_next(r);
+		CHECK(s);
+		CHECK_EQ_INT(s->seq, i);
+		/* next is a peek until release. */
+		CHECK(pa_ring_next(r) == s);
+		pa_ring_release(r, s);
+	}
+	CHECK(pa_ring_next(r) == NULL);
+	CHECK_EQ_INT(pa_ring_dropped(r), 0);
+	pa_ring_free(r);
+	pa_ring_free(NULL);
+}
+
+TEST(ring_bad_arguments)
+{
+	struct pa_ring *r = NULL;
+	CHECK_EQ_INT(pa_ring_new(&r, 0), -EINVAL);
+	CHECK_EQ_INT(pa_ring_new(&r, 1u << 30), -EINVAL);
+	CHECK(pa_ring_reserve(NULL) == NULL);
+	CHECK(pa_ring_next(NULL) == NULL);
+	CHECK_EQ_INT(pa_ring_dropped(NULL), 0);
+	CHECK_EQ_INT(pa_ring_new(&r, 3), 0); /* rounded up to 4 */
+	struct pa_sample *s[4];
+	for (int i = 0; i < 4; i++)
+		CHECK((s[i] = pa_ring_reserve(r)) != NULL);
+	CHECK(pa_ring_reserve(r) == NULL);
+	/* A pointer that is not a slot is ignored by commit and release. */
+	struct pa_sample other;
+	pa_ring_commit(r, &other);
+	pa_ring_commit(r, (struct pa_sample *)((char *)s[0] + 8));
+	CHECK(pa_ring_next(r) == NULL);
+	pa_ring_commit(r, s[0]);
+	pa_ring_release(r, s[1]); /* not the head: ignored */
+	CHECK(pa_ring_next(r) == s[0]);
+	pa_ring_free(r);
+}
+
+TEST(ring_full_counts_drops_and_reuses_slots)
+{
+	struct pa_ring *r;
+	CHECK_EQ_INT(pa_ring_new(&r, 4), 0);
+	struct pa_sample *held[4];
+	for (int i = 0; i < 4; i++) {
+		held[i] = pa_ring_reserve(r);
+		CHECK(held[i]);
+		held[i]->seq = (uint64_t)(100 + i);
+		pa_ring_commit(r, held[i]);
+	}
+	CHECK(pa_ring_reserve(r) == NULL);
+	CHECK(pa_ring_reserve(r) == NULL);
+	CHECK_EQ_INT(pa_ring_dropped(r), 2);
+	/* Free one slot: the next reservation reuses exactly it. */
+	struct pa_sample *s = pa_ring_next(r);
+	CHECK(s == held[0]);
+	pa_ring_release(r, s);
+	struct pa_sample *again = pa_ring_reserve(r);
+	CHECK(again == held[0]);
+	again->seq = 104;
+	pa_ring_commit(r, again);
+	CHECK(pa_ring_reserve(r) == NULL);
+	CHECK_EQ_INT(pa_ring_dropped(r), 3);
+	for (int i = 1; i <= 4; i++) {
+		s = pa_ring_next(r);
+		CHECK(s);
+		CHECK_EQ_INT(s->seq, 100 + i);
+		pa_ring_release(r, s);
+	}
+	CHECK(pa_ring_next(r) == NULL);
+	/* Many laps around a small ring. */
+	for (uint64_t i = 0; i < 10000; i++) {
+		s = pa_ring_reserve(r);
+		CHECK(s);
+		s->seq = i;
+		pa_ring_commit(r, s);
+		s = pa_ring_next(r);
+		CHECK(s && s->seq == i);
+		pa_ring_release(r, s);
+	}
+	pa_ring_free(r);
+}
+
+/* ---- re-entrancy: a signal handler producing inside a reserve/commit pair */
+
+static struct pa_ring *sig_ring;
+static volatile int sig_produced;
+
+static void produce_in_handler(int sig)
+{
+	(void)sig;
+	struct pa_sample *s = pa_ring_reserve(sig_ring);
+	if (s) {
+		s->seq = 2;
+		pa_ring_commit(sig_ring, s);
+		sig_produced = 1;
+	}
+}
+
+TEST(ring_signal_inside_reserve_commit)
+{
+	CHECK_EQ_INT(pa_ring_new(&sig_ring, 8), 0);
+	signal(SIGUSR1, produce_in_handler);
+	struct pa_sample *outer = pa_ring_reserve(sig_ring);
+	CHECK(outer);
+	outer->seq = 1;
+	raise(SIGUSR1);
+	CHECK(sig_produced);
+	/* The handler's sample is committed but queued behind the outer,
+	 * unfinished one: the consumer waits. */
+	CHECK(pa_ring_next(sig_ring) == NULL);
+	pa_ring_commit(sig_ring, outer);
+	struct pa_sample *s = pa_ring_next(sig_ring);
+	CHECK(s && s->seq == 1);
+	pa_ring_release(sig_ring, s);
+	s = pa_ring_next(sig_ring);
+	CHECK(s && s->seq == 2);
+	pa_ring_release(sig_ring, s);
+	CHECK(pa_ring_next(sig_ring) == NULL);
+	pa_ring_free(sig_ring);
+}
+
+/* ---- many producers, one consumer, signals interrupting producers */
+
+#define PRODUCERS    4
+#define PER_PRODUCER 200000
+#define TAG_SIGNAL   0x80000000u
+
+static struct pa_ring *mp_ring;
+static int mp_stop;
+static uint64_t mp_sig_sent[PRODUCERS], mp_sig_made[PRODUCERS],
+    mp_sig_dropped[PRODUCERS];
+static uint64_t mp_full_misses;
+static __thread int mp_id __attribute__((tls_model("initial-exec")));
+
+/* Each producer thread also produces from its SIGUSR2 handler, which can
+ * land between any two instructions of its own reserve/commit. */
+static void mp_handler(int sig)
+{
+	(void)sig;
+	struct pa_sample *s = pa_ring_reserve(mp_ring);
+	if (!s) {
+		/* Full: the ring counts the drop too. */
+		__atomic_add_fetch(&mp_sig_dropped[mp_id], 1, __ATOMIC_RELAXED);
+		return;
+	}
+	s->tid = (uint32_t)mp_id | TAG_SIGNAL;
+	s->seq = __atomic_add_fetch(&mp_sig_made[mp_id], 1, __ATOMIC_RELAXED);
+	pa_ring_commit(mp_ring, s);
+}
+
+struct producer {
+	int id;
+	pid_t tid;
+	pthread_t th;
+};
+
+static void *mp_producer(void *arg)
+{
+	struct producer *p = arg;
+	mp_id = p->id;
+	__atomic_store_n(&p->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+	for (uint64_t i = 1; i <= PER_PRODUCER; i++) {
+		struct pa_sample *s;
+		while (!(s = pa_ring_reserve(mp_ring))) {
+			__atomic_add_fetch(&mp_full_misses, 1,
+					   __ATOMIC_RELAXED);
+			sched_yield();
+		}
+		s->tid = (uint32_t)p->id;
+		s->seq = i;
+		pa_ring_commit(mp_ring, s);
+	}
+	return NULL;
+}
+
+static void *mp_killer(void *arg)
+{
+	struct producer *ps = arg;
+	while (!__atomic_load_n(&mp_stop, __ATOMIC_RELAXED)) {
+		for (int i = 0; i < PRODUCERS; i++) {
+			pid_t tid =
+			    __atomic_load_n(&ps[i].tid, __ATOMIC_ACQUIRE);
+			if (tid > 0 &&
+			    syscall(SYS_tgkill, getpid(), tid, SIGUSR2) == 0)
+				mp_sig_sent[i]++;
+		}
+		usleep(50);
+	}
+	return NULL;
+}
+
+TEST_TIMEOUT(ring_many_producers_each_item_once, 60)
+{
+	CHECK_EQ_INT(pa_ring_new(&mp_ring, 64), 0);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = mp_handler;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGUSR2, &sa, NULL);
+	struct producer ps[PRODUCERS];
+	memset(ps, 0, sizeof(ps));
+	for (int i = 0; i < PRODUCERS; i++) {
+		ps[i].id = i;
+		CHECK_EQ_INT(
+		    pthread_create(&ps[i].th, NULL, mp_producer, &ps[i]), 0);
+	}
+	pthread_t killer;
+	CHECK_EQ_INT(pthread_create(&killer, NULL, mp_killer, ps), 0);
+	uint64_t next[PRODUCERS], sig_seen[PRODUCERS], sig_last[PRODUCERS];
+	for (int i = 0; i < PRODUCERS; i++) {
+		next[i] = 1;
+		sig_seen[i] = 0;
+		sig_last[i] = 0;
+	}
+	uint64_t total = 0;
+	int done = 0;
+	while (!done) {
+		struct pa_sample *s = pa_ring_next(mp_ring);
+		if (!s) {
+			done = 1;
+			for (int i = 0; i < PRODUCERS; i++)
+				done &= next[i] == PER_PRODUCER + 1;
+			if (done) {
+				__atomic_store_n(&mp_stop, 1, __ATOMIC_RELAXED);
+				pthread_join(killer, NULL);
+				for (int i = 0; i < PRODUCERS; i++)
+					pthread_join(ps[i].th, NULL);
+				/* Drain what the last signals produced. */
+				while ((s = pa_ring_next(mp_ring))) {
+					uint32_t id = s->tid & ~TAG_SIGNAL;
+					CHECK(s->tid & TAG_SIGNAL);
+					CHECK(id < PRODUCERS);
+					sig_seen[id]++;
+					pa_ring_release(mp_ring, s);
+				}
+			}
+			continue;
+		}
+		uint32_t id = s->tid & ~TAG_SIGNAL;
+		CHECK(id < PRODUCERS);
+		if (s->tid & TAG_SIGNAL) {
+			/* Signal items of one thread are numbered in order. */
+			CHECK(s->seq > sig_last[id]);
+			sig_last[id] = s->seq;
+			sig_seen[id]++;
+		} else {
+			/* Exactly once and in order per producer. */
+			if (s->seq != next[id])
+				FAIL("producer %u: got %llu, expected %llu", id,
+				     (unsigned long long)s->seq,
+				     (unsigned long long)next[id]);
+			next[id]++;
+		}
+		total++;
+		pa_ring_release(mp_ring, s);
+	}
+	uint64_t sent = 0, made = 0, sig_drops = 0;
+	for (int i = 0; i < PRODUCERS; i++) {
+		/* Every signal item made was delivered, once. */
+		CHECK_EQ_INT(sig_seen[i], mp_sig_made[i]);
+		sent += mp_sig_sent[i];
+		made += mp_sig_made[i];
+		sig_drops += mp_sig_dropped[i];
+	}
+	CHECK(total >= (uint64_t)PRODUCERS * PER_PRODUCER);
+	CHECK(made > 0);
+	/* Every failed reservation, in a thread or a handler, was counted. */
+	CHECK_EQ_INT(pa_ring_dropped(mp_ring), mp_full_misses + sig_drops);
+	printf(
+	    "  ring: %llu items, %llu from signals (%llu sent), %llu drops\n",
+	    (unsigned long long)total, (unsigned long long)made,
+	    (unsigned long long)sent,
+	    (unsigned long long)pa_ring_dropped(mp_ring));
+	pa_ring_free(mp_ring);
+}
