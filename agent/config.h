@@ -10,6 +10,9 @@
 #define PA_MAX_HEADERS     16
 #define PA_LABEL_NAME_MAX  1024 /* Pyroscope: name <= 1024 bytes */
 #define PA_LABEL_VALUE_MAX 2048 /* Pyroscope: value <= 2048 bytes */
+/* Static labels a user may set: the agent adds __name__, service_name and
+ * __delta__ to every series. */
+#define PA_MAX_USER_LABELS (PA_MAX_LABELS - 3)
 
 enum pa_event { PA_EVENT_CPU = 0, PA_EVENT_ITIMER = 1 };
 
@@ -49,6 +52,7 @@ struct pa_config {
 	const char *spool_dir;       /* PYROAGENT_SPOOL_DIR; NULL = no spool */
 	int64_t spool_max;           /* PYROAGENT_SPOOL_MAX bytes, default 64m */
 	int64_t spool_max_age_ns;    /* PYROAGENT_SPOOL_MAX_AGE, default 55m */
+	void *arena; /* owned: backs the strings above; see pa_config_free */
 };
 
 /* Reads the environment (getenv) into *cfg. Every bad value gets one line
@@ -56,10 +60,18 @@ struct pa_config {
  * fallback; the function itself never fails. Strings point into one
  * arena owned by the config, released by pa_config_free. */
 void pa_config_load(struct pa_config *cfg);
-void pa_config_free(struct pa_config *cfg);
+void pa_config_free(struct pa_config *cfg); /* accepts NULL */
 
-/* The parsers behind the table, for tests and fuzzers. Return 0 or
- * -EINVAL (nothing written on error). */
+/* PYROAGENT_PROCESS_FILTER semantics: true when filter is NULL or empty,
+ * or one of its ','-separated entries (spaces trimmed) is exe or "*". */
+bool pa_config_process_selected(const char *filter, const char *exe);
+
+/* The parsers behind the table, for tests and fuzzers: any bytes in,
+ * 0 or -EINVAL out (nothing written on error). Labels and headers are
+ * strict here (one bad pair fails the whole string; a repeated name is
+ * not an error: the last value wins); the loader instead skips bad pairs
+ * one by one with a warning each. They need bufsize >= strlen(s) + 1 at
+ * most; max above 64 counts as 64. */
 int pa_config_parse_duration(const char *s, int64_t *ns); /* 10ms, 1.5s, 1m, 250us, bare number = seconds */
 int pa_config_parse_size(const char *s, int64_t *bytes);  /* 512k, 4m, 1g, 123 */
 int pa_config_parse_bool(const char *s, bool *out);       /* true/false/1/0/yes/no/on/off */
@@ -69,7 +81,9 @@ int pa_config_parse_labels(const char *s, struct pa_label *out, int max, int *n,
 /* A flat JSON object of strings {"k":"v",...} into headers. */
 int pa_config_parse_headers(const char *s, struct pa_label *out, int max, int *n,
 			    char *buf, size_t bufsize);
-/* A Pyroscope label name: [a-zA-Z_.][a-zA-Z0-9_.]* and not reserved. */
+/* A Pyroscope label name: [a-zA-Z_.][a-zA-Z0-9_.]*, at most
+ * PA_LABEL_NAME_MAX bytes, and not reserved: names starting with "__"
+ * (__name__, __delta__...) and "service_name" are the agent's. */
 bool pa_config_label_name_ok(const char *name);
 
 #endif
