@@ -193,7 +193,9 @@ void pa_cpu_rescan(void)
 	for (int i = 0; i < MAX_TIMERS; i++)
 		cpu.slots[i].seen = 0;
 	for (int i = 0; i < n; i++) {
-		if (tids[i] == self || pa_agent_is_own_thread(tids[i]))
+		/* The caller is the agent thread, or the host thread in the
+		 * constructor (pa_cpu_start), which is sampled like any other. */
+		if ((tids[i] == self && pa_self.is_agent) || pa_agent_is_own_thread(tids[i]))
 			continue;
 		struct timer_slot *s = slot_find(tids[i], 0);
 		if (s)

@@ -91,7 +91,8 @@ def traces(files, sample_index=None):
             cur = []
             continue
         parts = line.split()
-        if not parts or line.startswith(("File:", "Type:", "Time:", "Duration:", "Showing")):
+        if not parts or line.startswith(("File:", "Build ID:", "Type:", "Time:", "Duration:",
+                                         "Showing")):
             continue
         # a first line of a trace carries the value before the name
         name = parts[-1] if len(parts) == 1 or not re.match(r"^[0-9.]+", parts[0]) else " ".join(parts[1:])
@@ -99,3 +100,23 @@ def traces(files, sample_index=None):
     if cur:
         stacks.append(cur)
     return stacks
+
+
+def function_names(files):
+    """Every function name exactly as stored in the profiles (`go tool pprof
+    -raw`; -top and -traces shorten C++ names)."""
+    names = set()
+    in_locations = False
+    for line in pprof(["-raw"], files).splitlines():
+        if line == "Locations":
+            in_locations = True
+        elif line == "Mappings":
+            in_locations = False
+        elif in_locations:
+            # "name file:line s=start(system name)": pprof shortens C++
+            # names for display and keeps the stored one in parentheses
+            m = re.match(r"^\s*(?:\d+: 0x[0-9a-f]+ (?:M=\d+ )?)?(.*) \S*:-?\d+ s=\d+(?:\((.*)\))?$",
+                         line)
+            if m:
+                names.add((m.group(2) or m.group(1)).strip())
+    return names
