@@ -867,21 +867,22 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 			break;
 	}
 out:;
-	/* Frames inside the agent itself (hooks, handlers) are cut from the
-	 * top; if nothing else is left, the outermost agent frame stays so
-	 * the sample still counts somewhere. */
-	int skip = 0;
-	while (skip < n - 1) {
-		const struct pa_module *mod =
-		    pa_modules_find(u->mods, pcs[skip]);
+	/* Frames inside the agent itself are removed wherever they are: at
+	 * the top (hooks, handlers) and in the middle (a sample taken inside
+	 * the real malloc called from our hook shows the host calling malloc,
+	 * as it would without the agent). If nothing else is left, the
+	 * outermost agent frame stays so the sample still counts somewhere. */
+	int kept = 0;
+	for (int i = 0; i < n; i++) {
+		const struct pa_module *mod = pa_modules_find(u->mods, pcs[i]);
 		if (!mod || !mod->is_self)
-			break;
-		skip++;
+			pcs[kept++] = pcs[i];
 	}
-	if (skip) {
-		memmove(pcs, pcs + skip, (size_t)(n - skip) * sizeof(pcs[0]));
-		n -= skip;
+	if (kept == 0 && n > 0) {
+		pcs[0] = pcs[n - 1];
+		kept = 1;
 	}
+	n = kept;
 	return n;
 }
 
