@@ -12,6 +12,7 @@
 #include "agent.h"
 #include "cpu.h"
 #include "export.h"
+#include "heap.h"
 #include "log.h"
 #include "modules.h"
 #include "thread.h"
@@ -190,6 +191,11 @@ __attribute__((constructor)) static void pa_agent_load(void)
 		goto out;
 	}
 	exit_key_ok = pthread_key_create(&exit_key, on_thread_exit) == 0;
+	/* Heap sampling: countdowns become real draws, the live table is
+	 * mapped; hooks record only once the state below is RUNNING. */
+	pa_heap_start(cfg, pa_agent.ring, &pa_agent.state);
+	if (cfg->alloc_rate > 0)
+		pa_heap_check_interposed();
 	__atomic_store_n(&pa_agent.state, PA_STATE_RUNNING, __ATOMIC_RELAXED);
 	if (pa_export_start() != 0) {
 		__atomic_store_n(&pa_agent.state, PA_STATE_OFF, __ATOMIC_RELAXED);

@@ -14,13 +14,21 @@
 
 enum pa_sample_kind {
 	PA_SAMPLE_CPU = 1,   /* values: [0] samples, [1] cpu ns */
-	PA_SAMPLE_ALLOC = 2, /* values: [0] objects, [1] bytes (unbiased); addr/size set */
+	PA_SAMPLE_ALLOC = 2, /* values: [0] objects (rounded: exact is [1]/size),
+			      * [1] bytes (unbiased weight); addr/size/seq set */
 	PA_SAMPLE_MMAP = 3,  /* values: [0] 1, [1] length; exact, not sampled */
+	/* Events without a stack (never unwound): reserved before the real
+	 * call and committed after it, so they keep the kernel's order. */
+	PA_SAMPLE_MUNMAP = 4, /* addr/size: the range unmapped (also a MAP_FIXED
+			       * mapping that replaces whatever was there) */
+	PA_SAMPLE_MREMAP = 5, /* addr/size: old range; values: [0] new address,
+			       * [1] new length; seq: the mremap flags */
 };
 
 enum pa_sample_flags {
 	PA_SAMPLE_LEAF_EXACT = 1, /* regs.ip is the interrupted instruction (signal) */
 	PA_SAMPLE_NO_STACK = 2,   /* capture failed: only regs.ip is known */
+	PA_SAMPLE_FAILED = 4,     /* MUNMAP/MREMAP: the call failed, nothing changed */
 };
 
 struct pa_sample {
