@@ -172,7 +172,31 @@ BAD_ENV = [
     ("PYROAGENT_DISABLE", "perhaps"),
     ("PYROAGENT_EXIT_TIMEOUT", "forever"),
     ("PYROAGENT_OOM_GUARD", "150"),
+    ("PYROAGENT_OOM_GUARD", "-5"),
+    ("PYROSCOPE_SERVER_ADDRESS", "pyroscope:4040"),
+    ("PYROSCOPE_SERVER_ADDRESS", "http://alice:topsecret@example:4040"),
+    ("PYROSCOPE_SERVER_ADDRESS", "http://exa mple:4040"),
+    ("PYROSCOPE_UPLOAD_INTERVAL", "10ms"),
+    ("PYROSCOPE_UPLOAD_INTERVAL", "1.5.5s"),
+    ("PYROSCOPE_PROFILER_ALLOC", "99999999999999999999"),
+    ("PYROSCOPE_PROFILER_ALLOC", "4 parsecs"),
+    ("PYROSCOPE_LABELS", "a=1,a=2"),
+    ("PYROSCOPE_LABELS", "service_name=other"),
+    ("PYROSCOPE_LABELS", ",".join(f"k{i}=v" for i in range(40))),
+    ("PYROSCOPE_LABELS", "k=\x01"),
+    ("PYROSCOPE_BASIC_AUTH_USER", "only-a-user"),
+    ("PYROSCOPE_AUTH_TOKEN", "Bearer abc.def"),
+    ("PYROSCOPE_TENANT_ID", "team\x01a"),
+    ("PYROSCOPE_HTTP_HEADERS", '{"Content-Type": "text/plain"}'),
+    ("PYROSCOPE_HTTP_HEADERS", '{"X-A": "1\\r\\nX-B: 2"}'),
+    ("PYROSCOPE_HTTP_HEADERS", '["not", "an", "object"]'),
+    ("PYROAGENT_SPOOL_MAX", "1k"),
+    ("PYROAGENT_SPOOL_MAX_AGE", "2h"),
+    ("PYROAGENT_MEMORY_LIMIT", "-1"),
+    ("PYROAGENT_TLS_INSECURE", "2"),
+    ("PYROAGENT_EXIT_TIMEOUT", "-1s"),
 ]
+SECRETS = ("topsecret", "abc.def")
 
 
 @pytest.mark.parametrize("name,value", BAD_ENV)
@@ -192,3 +216,36 @@ def test_bad_env_never_changes_the_host(tmp_path, name, value):
     agent_lines = [l for l in p.stderr.splitlines() if l.startswith("pyroagent[")]
     assert any(name in l for l in agent_lines), p.stderr
     assert "err" in p.stderr.splitlines()
+    for secret in SECRETS:
+        assert secret not in p.stderr, p.stderr
+
+
+def test_aggregator_under_load_shows_its_handlers(tmp_path):
+    """The demo workload under the agent: its request handlers and the sum's
+    loader carry the CPU, named, below libmicrohttpd's threads."""
+    import urllib.request
+    env = cpu_env(tmp_path, 1000)
+    server = subprocess.Popen([str(BUILD / "aggregator"), "--port", "0", "--bind", "127.0.0.1",
+                               "--data-file", str(tmp_path / "readings.csv")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert "listening on" in line, server.stderr.read()
+        base = line.strip().split("listening on ", 1)[1]
+        urllib.request.urlopen(urllib.request.Request(
+            base + "/smartMeters/randomSmartMeterValues?meterCount=500000&seed=7",
+            method="POST"), timeout=60).read()
+        for _ in range(4):
+            urllib.request.urlopen(base + "/smartMeters/sum", timeout=60).read()
+            urllib.request.urlopen(base + "/smartMeters/sum?mode=streaming", timeout=60).read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode == 0
+    files = profile_files(tmp_path, "cpu")
+    total, rows = top(files, "cpu")
+    for fn in ("handle_sum", "meters_sum_naive", "load_readings", "meters_generate"):
+        assert fn in rows and rows[fn][1] > 0, (fn, sorted(rows))
+    stacks = traces(files, "cpu")
+    sums = [s for s in stacks if "load_readings" in s]
+    assert sums and all("start_thread" in s for s in sums), sums[:3]
