@@ -1,6 +1,6 @@
-/* Lock-free bounded MPSC queue of raw samples: Vyukov's bounded queue with a
- * sequence number per slot, producers in signal handlers and hooks, one
- * consumer (the agent thread). */
+/* Lock-free bounded MPSC queue of raw samples: variable-length records in a
+ * byte ring (a sample takes only the stack bytes it copied), producers in
+ * signal handlers and hooks, one consumer (the agent thread). */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -10,45 +10,66 @@
 #include "ring.h"
 
 #define CACHELINE 64
-/* Hard cap: 8192 slots are ~137 MiB of address space (16.4 KiB each). */
+/* Hard cap: 8192 full-size records are ~137 MiB of address space. */
 #define MAX_SLOTS 8192u
 
 /*
- * Slot protocol, for the slot of position pos (index pos & mask):
- *   seq == pos        free: the producer that wins the CAS on enq for pos
- *                     owns it;
- *   seq == pos + 1    committed: the consumer at deq == pos may read it;
- *   seq == pos + n    released: free for the producer of pos + n.
- * A producer that reserved and has not committed yet leaves seq == pos; the
- * consumer stops in front of it (see pa_ring_next).
+ * Layout. The ring is `size` bytes; a position is a byte count since the
+ * start (64 bits: it never wraps), its offset is pos % size. A record
+ * starts at a 64-byte boundary with a header, then the sample; it never
+ * straddles the end: a producer that would cross it reserves the tail as
+ * a padding record first.
+ *
+ * Every reservation is for a full sample (PA_STACK_COPY bytes of stack):
+ * the producer only knows how much stack it copied after copying it. At
+ * commit the record shrinks to the bytes actually used, if nothing was
+ * reserved behind it meanwhile (the usual case: a compare-and-swap moves
+ * the reservation end back); otherwise it keeps its full length. A heap
+ * sample with 1 KiB of stack thus takes 1.4 KiB, not 16.7 KiB.
+ *
+ * Commit protocol. Free space reads as zero at every 64-byte boundary:
+ * the mapping starts zeroed and the consumer, before it hands a record's
+ * bytes back, zeroes its words at 64-byte boundaries. A producer commits
+ * by storing the record's length into its header word (release); the
+ * consumer reads the header at its position (acquire): zero means "not
+ * committed yet" (reserved or free), and it waits there, so order is kept
+ * and a record is never read while its producer may still write it. A
+ * producer cannot be stuck between reserve and commit in practice (the
+ * code there is bounded and never blocks); if its thread is stopped (a
+ * debugger holding one thread), the ring fills and new samples are
+ * dropped and counted until it runs again.
  */
-struct seq_cell {
-	uint64_t seq;
-	uint8_t pad[CACHELINE - sizeof(uint64_t)];
+struct rec {
+	uint64_t hdr; /* 0 until committed; then length | REC_PAD */
+	uint64_t end; /* producer's: the position its reservation ends at */
+	struct pa_sample s;
 };
+
+#define REC_PAD	       (1ULL << 62)
+#define REC_LEN	       0xffffffffULL
+#define REC_HEAD       offsetof(struct rec, s)
+#define ALIGN_UP(v, a) (((v) + (a)-1) & ~((uint64_t)(a)-1))
+/* A full-size record. */
+#define REC_FULL ALIGN_UP(sizeof(struct rec), CACHELINE)
 
 struct pa_ring {
 	/* Written once by pa_ring_new. */
-	uint64_t mask;
+	uint64_t size; /* bytes of data, a multiple of REC_FULL */
 	size_t map_len;
-	struct seq_cell *seqs;
-	struct pa_sample *samples;
-	/* Producers' position, contended by CAS: its own cache line. */
+	uint8_t *data;
+	/* Producers' reservation end, contended by CAS: its own line. */
 	uint64_t enq __attribute__((aligned(CACHELINE)));
-	/* Consumer's position: only the agent thread touches it. */
+	/* Consumer's position: written by the agent thread only (release,
+	 * after zeroing what it hands back), read by producers. */
 	uint64_t deq __attribute__((aligned(CACHELINE)));
 	uint64_t dropped __attribute__((aligned(CACHELINE)));
 };
 
-static size_t align_up(size_t v, size_t a)
-{
-	return (v + a - 1) & ~(a - 1);
-}
-
 /*
- * One anonymous mapping holds the header, the sequence cells and the
- * samples, so no path of the ring ever calls malloc. The samples are not
- * touched here: pages are faulted in only as producers fill slots.
+ * Room for nslots full-size samples (nslots rounded up to a power of two);
+ * samples with a short stack copy take less. One anonymous mapping holds
+ * the header and the data, so no path of the ring ever calls malloc. The
+ * data is not touched here: pages are faulted in as producers fill them.
  */
 int pa_ring_new(struct pa_ring **out, unsigned nslots)
 {
@@ -57,22 +78,17 @@ int pa_ring_new(struct pa_ring **out, unsigned nslots)
 	unsigned n = 1;
 	while (n < nslots)
 		n <<= 1;
-	size_t seq_off = align_up(sizeof(struct pa_ring), CACHELINE);
-	size_t sample_off =
-	    align_up(seq_off + (size_t)n * sizeof(struct seq_cell), 4096);
-	size_t len =
-	    align_up(sample_off + (size_t)n * sizeof(struct pa_sample), 4096);
+	size_t data_off = ALIGN_UP(sizeof(struct pa_ring), 4096);
+	uint64_t size = (uint64_t)n * REC_FULL;
+	size_t len = ALIGN_UP(data_off + size, 4096);
 	void *map = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (map == MAP_FAILED)
 		return -ENOMEM;
 	struct pa_ring *r = map;
-	r->mask = n - 1;
+	r->size = size;
 	r->map_len = len;
-	r->seqs = (struct seq_cell *)((char *)map + seq_off);
-	r->samples = (struct pa_sample *)((char *)map + sample_off);
-	for (unsigned i = 0; i < n; i++)
-		r->seqs[i].seq = i;
+	r->data = (uint8_t *)map + data_off;
 	r->enq = 0;
 	r->deq = 0;
 	r->dropped = 0;
@@ -88,17 +104,21 @@ void pa_ring_free(struct pa_ring *r)
 		munmap(r, r->map_len);
 }
 
-/* The slot index of a sample handed out by this ring, or -1. */
-static long slot_of(const struct pa_ring *r, const struct pa_sample *s)
+static uint64_t *hdr_at(const struct pa_ring *r, uint64_t off)
 {
-	uintptr_t base = (uintptr_t)r->samples, p = (uintptr_t)s;
-	if (p < base)
-		return -1;
-	uintptr_t off = p - base;
-	if (off % sizeof(struct pa_sample) != 0 ||
-	    off / sizeof(struct pa_sample) > r->mask)
-		return -1;
-	return (long)(off / sizeof(struct pa_sample));
+	return (uint64_t *)(void *)(r->data + off);
+}
+
+/* The record of a sample handed out by this ring, or NULL. */
+static struct rec *rec_of(const struct pa_ring *r, const struct pa_sample *s)
+{
+	uintptr_t base = (uintptr_t)r->data, p = (uintptr_t)s;
+	if (p < base + REC_HEAD)
+		return NULL;
+	uintptr_t off = p - REC_HEAD - base;
+	if (off % CACHELINE != 0 || off > r->size - REC_FULL)
+		return NULL;
+	return (struct rec *)(void *)(r->data + off);
 }
 
 /*
@@ -111,77 +131,111 @@ struct pa_sample *pa_ring_reserve(struct pa_ring *r)
 {
 	if (!r)
 		return NULL;
+	const uint64_t size = r->size;
 	uint64_t pos = __atomic_load_n(&r->enq, __ATOMIC_RELAXED);
+	uint64_t pad;
 	for (;;) {
-		struct seq_cell *c = &r->seqs[pos & r->mask];
-		uint64_t seq = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
-		int64_t diff = (int64_t)(seq - pos);
-		if (diff == 0) {
-			/* On failure the CAS reloads pos. */
-			if (__atomic_compare_exchange_n(&r->enq, &pos, pos + 1,
-							true, __ATOMIC_RELAXED,
-							__ATOMIC_RELAXED))
-				return &r->samples[pos & r->mask];
-		} else if (diff < 0) {
-			/* The slot still holds the sample of one lap ago:
-			 * full. */
+		/* Acquire: the consumer zeroed what it handed back before
+		 * publishing deq. */
+		uint64_t deq = __atomic_load_n(&r->deq, __ATOMIC_ACQUIRE);
+		if (deq > pos) {
+			/* pos is stale: the ring moved on meanwhile. */
+			pos = __atomic_load_n(&r->enq, __ATOMIC_RELAXED);
+			continue;
+		}
+		uint64_t off = pos % size;
+		pad = size - off < REC_FULL ? size - off : 0;
+		if (pos + pad + REC_FULL - deq > size) {
 			__atomic_add_fetch(&r->dropped, 1, __ATOMIC_RELAXED);
 			return NULL;
-		} else {
-			/* Another producer took pos meanwhile. */
-			pos = __atomic_load_n(&r->enq, __ATOMIC_RELAXED);
 		}
+		/* On failure the CAS reloads pos. */
+		if (__atomic_compare_exchange_n(
+			&r->enq, &pos, pos + pad + REC_FULL, true,
+			__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+			break;
 	}
+	if (pad)
+		/* The tail is a record of its own, committed at once. */
+		__atomic_store_n(hdr_at(r, pos % size), pad | REC_PAD,
+				 __ATOMIC_RELEASE);
+	pos += pad;
+	struct rec *rec = (struct rec *)(void *)(r->data + pos % size);
+	/* rec->hdr is still zero: free space is. */
+	rec->end = pos + REC_FULL;
+	return &rec->s;
 }
 
-/* Hot path. The reserving producer alone owns the slot until this store,
- * so its sequence number is still the position it reserved. */
+/* Hot path. The reserving producer alone owns the record until the header
+ * store. */
 void pa_ring_commit(struct pa_ring *r, struct pa_sample *s)
 {
 	if (!r)
 		return;
-	long i = slot_of(r, s);
-	if (i < 0)
+	struct rec *rec = rec_of(r, s);
+	if (!rec)
 		return;
-	struct seq_cell *c = &r->seqs[i];
-	uint64_t pos = __atomic_load_n(&c->seq, __ATOMIC_RELAXED);
-	__atomic_store_n(&c->seq, pos + 1, __ATOMIC_RELEASE);
+	uint64_t end = rec->end;
+	uint32_t stack =
+	    s->stack_len < PA_STACK_COPY ? s->stack_len : PA_STACK_COPY;
+	uint64_t used = ALIGN_UP(
+	    REC_HEAD + offsetof(struct pa_sample, stack) + stack, CACHELINE);
+	uint64_t len = REC_FULL;
+	/* Nothing written past `used`: the rest is still zeroed free space
+	 * and can go back if no reservation follows this one. */
+	uint64_t expect = end;
+	if (used < REC_FULL && __atomic_compare_exchange_n(
+				   &r->enq, &expect, end - REC_FULL + used,
+				   false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		len = used;
+	rec->end = 0; /* a second commit can no longer shrink anything */
+	__atomic_store_n(&rec->hdr, len, __ATOMIC_RELEASE);
+}
+
+/* Consumer: hands [off, off + len) back, zeroed at 64-byte boundaries. */
+static void hand_back(struct pa_ring *r, uint64_t off, uint64_t len)
+{
+	for (uint64_t o = off; o < off + len; o += CACHELINE)
+		*hdr_at(r, o) = 0;
+	__atomic_store_n(&r->deq, r->deq + len, __ATOMIC_RELEASE);
 }
 
 /*
- * Consumer, in reservation order. Behind a slot that was reserved but not
- * committed yet the consumer waits (returns NULL) even if later slots are
- * committed: order is kept and a slot is never read while its producer may
- * still write it. A producer cannot be stuck there in practice (the code
- * between reserve and commit is bounded and never blocks); if its thread is
- * stopped (a debugger holding one thread), the ring fills and new samples
- * are dropped and counted until the thread runs again. Returns the same
- * sample again until it is released.
+ * Consumer, in reservation order. Behind a record that was reserved but not
+ * committed yet the consumer waits (returns NULL) even if later ones are
+ * committed. Returns the same sample again until it is released.
  */
 struct pa_sample *pa_ring_next(struct pa_ring *r)
 {
 	if (!r)
 		return NULL;
-	uint64_t pos = r->deq;
-	struct seq_cell *c = &r->seqs[pos & r->mask];
-	if (__atomic_load_n(&c->seq, __ATOMIC_ACQUIRE) != pos + 1)
-		return NULL;
-	return &r->samples[pos & r->mask];
+	for (;;) {
+		uint64_t off = r->deq % r->size;
+		uint64_t h = __atomic_load_n(hdr_at(r, off), __ATOMIC_ACQUIRE);
+		if (!h)
+			return NULL;
+		if (h & REC_PAD) {
+			hand_back(r, off, h & REC_LEN);
+			continue;
+		}
+		return &((struct rec *)(void *)(r->data + off))->s;
+	}
 }
 
-/* Consumer: hands the head slot back to the producers of the next lap. A
- * sample that is not the current head is ignored. */
+/* Consumer: hands the head record back to the producers. A sample that is
+ * not the current head is ignored. */
 void pa_ring_release(struct pa_ring *r, struct pa_sample *s)
 {
 	if (!r)
 		return;
-	uint64_t pos = r->deq;
-	long i = slot_of(r, s);
-	if (i < 0 || (uint64_t)i != (pos & r->mask) ||
-	    __atomic_load_n(&r->seqs[i].seq, __ATOMIC_RELAXED) != pos + 1)
+	struct rec *rec = rec_of(r, s);
+	uint64_t off = r->deq % r->size;
+	if (!rec || (uint8_t *)rec != r->data + off)
 		return;
-	__atomic_store_n(&r->seqs[i].seq, pos + r->mask + 1, __ATOMIC_RELEASE);
-	r->deq = pos + 1;
+	uint64_t h = __atomic_load_n(&rec->hdr, __ATOMIC_RELAXED);
+	if (!h || (h & REC_PAD))
+		return;
+	hand_back(r, off, h & REC_LEN);
 }
 
 uint64_t pa_ring_dropped(const struct pa_ring *r)

@@ -98,6 +98,62 @@ static size_t copy_foreign(uint8_t *dst, uint64_t sp, size_t len)
 	return (size_t)got;
 }
 
+/*
+ * Where a thread's stack really ends. pthread_getattr_np's bounds include,
+ * at the top of a thread's stack, its TLS blocks and glibc's thread
+ * descriptor, and on the main thread the environment and auxv: 4 KiB or
+ * more that no unwind ever reads, copied with every sample. After an
+ * unwind that reached the outermost frame (the thread's start or _start:
+ * the same frame for the whole life of the thread), the agent thread
+ * records that frame's stack pointer here, keyed by tid; later captures
+ * on that thread copy only up to it (plus a margin). A hint is used only
+ * when it lies inside the capturing thread's own stack bounds, and is
+ * dropped when an unwind runs off the end of its copy.
+ *
+ * Entry: (top >> 3) << TOP_TID_BITS | (tid & TOP_TID_MASK); 0 = none.
+ */
+#define TOP_HINTS    1024
+#define TOP_TID_BITS 20
+#define TOP_TID_MASK ((1ULL << TOP_TID_BITS) - 1)
+#define TOP_MARGIN   256
+static uint64_t stack_tops[TOP_HINTS];
+
+/* Hot path: the end of the useful stack of this thread, at most hi. */
+static uint64_t useful_top(uint64_t sp, uint64_t hi)
+{
+	uint32_t tid = pa_self.tid;
+	if (!tid)
+		return hi;
+	uint64_t h =
+	    __atomic_load_n(&stack_tops[tid % TOP_HINTS], __ATOMIC_RELAXED);
+	if (!h || (h & TOP_TID_MASK) != (tid & TOP_TID_MASK))
+		return hi;
+	uint64_t top = ((h >> TOP_TID_BITS) << 3) + TOP_MARGIN;
+	return top > sp && top < hi ? top : hi;
+}
+
+/* Agent thread: what the unwind of a sample of thread tid learned. */
+static void note_top(uint32_t tid, uint64_t top, int reached_end)
+{
+	if (!tid)
+		return;
+	uint64_t *slot = &stack_tops[tid % TOP_HINTS];
+	if (reached_end) {
+		/* The highest top seen for the thread wins: a frame that only
+		 * looked outermost can cost copy size, never frames. */
+		uint64_t h = (top >> 3) << TOP_TID_BITS | (tid & TOP_TID_MASK);
+		uint64_t old = __atomic_load_n(slot, __ATOMIC_RELAXED);
+		if (top >> 3 >> (64 - TOP_TID_BITS) == 0 &&
+		    (!old || (old & TOP_TID_MASK) != (tid & TOP_TID_MASK) ||
+		     (old >> TOP_TID_BITS) < (h >> TOP_TID_BITS)))
+			__atomic_store_n(slot, h, __ATOMIC_RELAXED);
+	} else {
+		uint64_t h = __atomic_load_n(slot, __ATOMIC_RELAXED);
+		if (h && (h & TOP_TID_MASK) == (tid & TOP_TID_MASK))
+			__atomic_store_n(slot, 0, __ATOMIC_RELAXED);
+	}
+}
+
 /* Fills stack_start/stack_len from sp upwards; sets PA_SAMPLE_NO_STACK when
  * nothing could be copied. */
 static void copy_stack(struct pa_sample *s, uint64_t sp)
@@ -105,6 +161,7 @@ static void copy_stack(struct pa_sample *s, uint64_t sp)
 	uint64_t lo = pa_self.stack_lo, hi = pa_self.stack_hi;
 	size_t len;
 	if (sp && lo < hi && sp >= lo && sp < hi) {
+		hi = useful_top(sp, hi);
 		/* Our own thread's stack: [sp, hi) is mapped. */
 		len =
 		    hi - sp < PA_STACK_COPY ? (size_t)(hi - sp) : PA_STACK_COPY;
@@ -305,6 +362,10 @@ extern int UNW_OBJ(dwarf_search_unwind_table)(unw_addr_space_t as,
 #define PE_DATAREL 0x30
 #define PE_OMIT	   0xff
 
+/* The module table's signature is checked at least every this many
+ * samples (see pa_unwind_sample). */
+#define SIG_EVERY 64
+
 /* Bounds the frames of one unwind whatever the stack looks like. */
 #define MAX_STEPS 1024
 
@@ -316,16 +377,58 @@ extern int UNW_OBJ(dwarf_search_unwind_table)(unw_addr_space_t as,
  * address: the CFI row that applies there) and unw_apply_reg_state, and the
  * rows are cached here, keyed by the address looked up: 2-way set
  * associative, fixed size.
+ *
+ * Even so a libunwind step (a fresh cursor, the row applied, 17 registers
+ * read back through the accessors) costs ~0.3 us, and heap sampling at
+ * tens of thousands of samples a second made it most of the agent thread's
+ * time. Nearly every row on x86_64 says "CFA = rsp or rbp + k, the return
+ * address and some callee-saved registers at CFA + k', the rest unchanged":
+ * such a row is reduced to a compact rule (struct rule) that the unwinder
+ * applies itself in a few loads. The reduction never interprets libunwind's
+ * private row layout: the row is applied to two symbolic frames (see
+ * probe()) and the rule is read off the answers, then checked against the
+ * real libunwind step of the frame that missed. Rows that are not of that
+ * form (expressions, register copies, signal frames) keep the libunwind
+ * path.
  */
 #define ROW_MAX	   192 /* bytes of one row (dwarf_reg_state_t: 184 in 1.6) */
 #define CACHE_SETS 512
 #define CACHE_WAYS 2
+/* Rules: 4096 return addresses (72 bytes each, 288 KiB). */
+#define RULE_SETS 2048
+#define RULE_WAYS 2
+/* Registers a compact rule restores from the stack (x86_64 has 6
+ * callee-saved ones besides rsp). */
+#define RULE_SAVED 8
 
 struct row {
 	uint64_t ip; /* 0: empty */
 	uint32_t len;
 	uint32_t age;
 	uint8_t data[ROW_MAX];
+};
+
+enum rule_kind {
+	RULE_COMPACT = 1, /* applied here */
+	RULE_ROW,	  /* libunwind applies the (cached) row */
+	RULE_NOINFO,	  /* no unwind info: frame-pointer step */
+	RULE_TRAMP,	  /* the signal return trampoline */
+};
+
+/* What one frame's step does, for the frame at an ip (exact or a return
+ * address). */
+struct rule {
+	uint64_t key; /* ip | exact << 63; 0: empty */
+	uint32_t age;
+	uint8_t kind;
+	uint8_t cfa_reg; /* R_RSP or R_RBP */
+	uint8_t end;	 /* return address undefined: the outermost frame */
+	uint8_t nsaved;
+	int32_t cfa_off;
+	int32_t ra_off;		  /* return address at CFA + ra_off */
+	uint32_t undef;		  /* registers without a location: read as 0 */
+	uint8_t sreg[RULE_SAVED]; /* register restored from CFA + soff */
+	int32_t soff[RULE_SAVED];
 };
 
 /* State of one unwind, the `arg` of every accessor. */
@@ -340,17 +443,24 @@ struct walk {
 	const struct pa_module *di_mod;
 	unw_dyn_info_t di;
 	int noinfo; /* find_proc_info failed for this frame */
+	int probe;  /* stack reads answer symbolic values (probe()) */
 };
 
 struct pa_unwind {
 	unw_addr_space_t as;
 	struct pa_modules *mods;
 	uint64_t mods_sig;
+	const struct pa_module *sig_base; /* the table the signature was of */
+	int sig_count;
+	uint32_t sig_age;
 	uint32_t clock;
 	struct walk w;
 	struct row rows[CACHE_SETS][CACHE_WAYS];
+	struct rule rules[RULE_SETS][RULE_WAYS];
+	uint8_t spill[1024]; /* a row too large for the cache */
 	/* Counters, for tests and debugging. */
 	uint64_t row_hits, row_misses, fp_frames, signal_frames;
+	uint64_t rule_hits, rule_misses, rule_compact, rule_row;
 };
 
 static int slice_read(const struct walk *w, uint64_t addr, uint64_t *val)
@@ -395,6 +505,41 @@ static int module_mem(struct walk *w, uint64_t addr, size_t len)
 	return 0;
 }
 
+/*
+ * Symbolic frames for probe(): the stack pointer and frame pointer lie in
+ * a window of non-canonical addresses (never a module, never mapped), and
+ * a read there answers a token from which the address read is recovered
+ * (an odd multiplier is invertible modulo 2^64; the product is nothing
+ * like a linear function of the address). The other registers hold
+ * tokens outside the window, so a rule that dereferences them fails.
+ */
+#define PROBE_LO  0x4000000000000000ULL
+#define PROBE_HI  (PROBE_LO + (1ULL << 40))
+#define PROBE_SP  (PROBE_LO + (1ULL << 36))
+#define PROBE_FP  (PROBE_LO + (2ULL << 36))
+#define PROBE_REG 0x6a5c3e1f00000011ULL
+#define PROBE_MUL 0x9e3779b97f4a7c15ULL
+/* The inverse of PROBE_MUL modulo 2^64. */
+#define PROBE_INV 0xf1de83e19937733dULL
+
+/* A stack word as the unwinder sees it: the copy, else module memory.
+ * Stack addresses outside the copy are never read live: that memory has
+ * moved on since the capture. */
+static int read_word(struct walk *w, uint64_t addr, uint64_t *val)
+{
+	if (slice_read(w, addr, val) == 0)
+		return 0;
+	if (w->probe && addr >= PROBE_LO && addr < PROBE_HI) {
+		*val = addr * PROBE_MUL;
+		return 0;
+	}
+	if (module_mem(w, addr, 8)) {
+		raw_copy(val, (const void *)(uintptr_t)addr, 8);
+		return 0;
+	}
+	return -1;
+}
+
 static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *val,
 		      int write, void *arg)
 {
@@ -403,17 +548,10 @@ static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *val,
 	if (write)
 		return -UNW_EREADONLYREG;
 	uint64_t v;
-	if (slice_read(w, addr, &v) == 0) {
-		*val = v;
-		return 0;
-	}
-	/* Stack addresses outside the copy are never read live: that memory
-	 * has moved on since the capture. */
-	if (module_mem(w, addr, 8)) {
-		raw_copy(val, (const void *)(uintptr_t)addr, 8);
-		return 0;
-	}
-	return -UNW_EINVAL;
+	if (read_word(w, addr, &v) < 0)
+		return -UNW_EINVAL;
+	*val = v;
+	return 0;
 }
 
 static int access_reg(unw_addr_space_t as, unw_regnum_t reg, unw_word_t *val,
@@ -727,11 +865,16 @@ enum { STEP_END = 0, STEP_OK = 1, STEP_ERROR = -1, STEP_NOINFO = -2 };
  * One DWARF step of the frame in w->regs, whose CFI is looked up at
  * `lookup` (the ip itself when exact, else the return address - 1): a fresh
  * cursor at that frame, the row from the cache or from libunwind, applied,
- * and every register of the caller read back into regs.
+ * and every register of the caller read back into regs. *used (if not
+ * NULL) is the row applied, valid until the next call; NULL when none was
+ * found.
  */
-static int dwarf_frame(struct pa_unwind *u, uint64_t lookup, uint64_t *regs)
+static int dwarf_frame(struct pa_unwind *u, uint64_t lookup, uint64_t *regs,
+		       const void **used)
 {
 	struct walk *w = &u->w;
+	if (used)
+		*used = NULL;
 	w->regs[R_RIP] = lookup;
 	unw_cursor_t cur;
 	if (unw_init_remote(&cur, u->as, w) < 0)
@@ -742,7 +885,6 @@ static int dwarf_frame(struct pa_unwind *u, uint64_t lookup, uint64_t *regs)
 	for (int i = 0; i < CACHE_WAYS; i++)
 		if (ways[i].ip == lookup)
 			row = &ways[i];
-	uint8_t spill[1024];
 	const void *data;
 	if (row) {
 		u->row_hits++;
@@ -751,23 +893,25 @@ static int dwarf_frame(struct pa_unwind *u, uint64_t lookup, uint64_t *regs)
 	} else {
 		u->row_misses++;
 		struct pick p = {
-		    .ip = lookup, .dst = spill, .cap = sizeof(spill)};
+		    .ip = lookup, .dst = u->spill, .cap = sizeof(u->spill)};
 		w->noinfo = 0;
 		int rc = unw_reg_states_iterate(&cur, pick_row, &p);
 		if (w->noinfo)
 			return STEP_NOINFO;
 		if (!p.found || (rc < 0 && rc != -UNW_ESTOPUNWIND))
 			return STEP_ERROR;
-		data = spill;
+		data = u->spill;
 		if (p.len <= ROW_MAX) {
 			row = ways[0].age <= ways[1].age ? &ways[0] : &ways[1];
 			row->ip = lookup;
 			row->len = (uint32_t)p.len;
 			row->age = ++u->clock;
-			memcpy(row->data, spill, p.len);
+			memcpy(row->data, u->spill, p.len);
 			data = row->data;
 		}
 	}
+	if (used)
+		*used = data;
 	/* libunwind takes the row as read-only input. */
 	int rc = unw_apply_reg_state(&cur, (void *)(uintptr_t)data);
 	if (rc <= 0)
@@ -778,6 +922,256 @@ static int dwarf_frame(struct pa_unwind *u, uint64_t lookup, uint64_t *regs)
 		regs[i] = unw_get_reg(&cur, i, &v) < 0 ? 0 : v;
 	}
 	return STEP_OK;
+}
+
+/* ---- compact rules */
+
+/* libunwind applies a row to the frame in w->regs; every register of the
+ * result lands in out (the CFA in out[R_RSP], also at the outermost frame),
+ * with a bit in *missing for each one that has no location. */
+static int apply_row(struct pa_unwind *u, uint64_t lookup, const void *row,
+		     uint64_t *out, uint32_t *missing)
+{
+	struct walk *w = &u->w;
+	w->regs[R_RIP] = lookup;
+	unw_cursor_t cur;
+	if (unw_init_remote(&cur, u->as, w) < 0)
+		return STEP_ERROR;
+	int rc = unw_apply_reg_state(&cur, (void *)(uintptr_t)row);
+	if (rc < 0)
+		return STEP_ERROR;
+	*missing = 0;
+	for (int i = 0; i < R_COUNT; i++) {
+		unw_word_t v = 0;
+		if (unw_get_reg(&cur, i, &v) < 0) {
+			v = 0;
+			*missing |= 1u << i;
+		}
+		out[i] = v;
+	}
+	return rc == 0 ? STEP_END : STEP_OK;
+}
+
+static int fits32(int64_t v)
+{
+	return v >= INT32_MIN && v <= INT32_MAX;
+}
+
+/* Register i was loaded from the same offset from the CFA in both probes:
+ * the offset. */
+static int probe_saved(const uint64_t out[2][R_COUNT], int i, int32_t *off)
+{
+	int64_t o[2];
+	for (int k = 0; k < 2; k++) {
+		uint64_t a = out[k][i] * PROBE_INV;
+		if (a < PROBE_LO || a >= PROBE_HI)
+			return -1;
+		o[k] = (int64_t)(a - out[k][R_RSP]);
+	}
+	if (o[0] != o[1] || !fits32(o[0]))
+		return -1;
+	*off = (int32_t)o[0];
+	return 0;
+}
+
+/*
+ * Reduces a row to a compact rule: the row is applied to two symbolic
+ * frames whose sp and fp move by different amounts and whose stack reads
+ * answer tokens naming the address read; a compact row answers, in both,
+ * CFA = sp or fp + the same offset, and every register either unchanged,
+ * without a location, or loaded from CFA + the same offset. Anything else
+ * (an expression that depends on memory, a register copied from another
+ * register) stays with libunwind. Returns 0 with *r filled (but for key,
+ * age and kind), or -1.
+ */
+static int derive_rule(struct pa_unwind *u, uint64_t lookup, const void *row,
+		       struct rule *r)
+{
+	struct walk *w = &u->w;
+	uint64_t in[2][R_COUNT], out[2][R_COUNT];
+	uint32_t missing[2] = {0, 0};
+	int rc[2];
+	w->probe = 1;
+	for (int k = 0; k < 2; k++) {
+		for (int i = 0; i < R_COUNT; i++)
+			in[k][i] = PROBE_REG + ((uint64_t)i << 40) +
+				   (uint64_t)k * 0x1234567ULL;
+		in[k][R_RSP] = PROBE_SP + (uint64_t)k * 0x10000;
+		in[k][R_RBP] = PROBE_FP + (uint64_t)k * 0x30000;
+		memcpy(w->regs, in[k], sizeof(in[k]));
+		rc[k] = apply_row(u, lookup, row, out[k], &missing[k]);
+	}
+	w->probe = 0;
+	if (rc[0] != rc[1] || rc[0] == STEP_ERROR)
+		return -1;
+	int64_t d[2], e[2];
+	for (int k = 0; k < 2; k++) {
+		d[k] = (int64_t)(out[k][R_RSP] - in[k][R_RSP]);
+		e[k] = (int64_t)(out[k][R_RSP] - in[k][R_RBP]);
+	}
+	if (d[0] == d[1] && fits32(d[0])) {
+		r->cfa_reg = R_RSP;
+		r->cfa_off = (int32_t)d[0];
+	} else if (e[0] == e[1] && fits32(e[0])) {
+		r->cfa_reg = R_RBP;
+		r->cfa_off = (int32_t)e[0];
+	} else {
+		return -1;
+	}
+	r->end = rc[0] == STEP_END;
+	r->nsaved = 0;
+	r->undef = 0;
+	r->ra_off = 0;
+	if (r->end)
+		return 0;
+	if (((missing[0] | missing[1]) & (1u << R_RIP)) ||
+	    probe_saved(out, R_RIP, &r->ra_off) < 0)
+		return -1;
+	for (int i = 0; i < R_COUNT; i++) {
+		if (i == R_RSP || i == R_RIP)
+			continue;
+		uint32_t bit = 1u << i;
+		if ((missing[0] & bit) && (missing[1] & bit)) {
+			r->undef |= bit;
+			continue;
+		}
+		if ((missing[0] | missing[1]) & bit)
+			return -1;
+		if (out[0][i] == in[0][i] && out[1][i] == in[1][i])
+			continue;
+		int32_t off;
+		if (r->nsaved == RULE_SAVED || probe_saved(out, i, &off) < 0)
+			return -1;
+		r->sreg[r->nsaved] = (uint8_t)i;
+		r->soff[r->nsaved] = off;
+		r->nsaved++;
+	}
+	return 0;
+}
+
+/* What libunwind's step would give for this frame (dwarf_frame), in a few
+ * loads: same registers, same reads, same failures. */
+static int compact_step(struct walk *w, const struct rule *r, uint64_t lookup,
+			const uint64_t *regs, uint64_t *next)
+{
+	if (r->end)
+		return STEP_END;
+	uint64_t cfa = regs[r->cfa_reg] + (uint64_t)(int64_t)r->cfa_off;
+	uint64_t ra;
+	if (read_word(w, cfa + (uint64_t)(int64_t)r->ra_off, &ra) < 0)
+		return STEP_ERROR;
+	/* libunwind stops a step that changes neither ip nor CFA. */
+	if (ra == lookup && cfa == regs[R_RSP])
+		return STEP_ERROR;
+	memcpy(next, regs, sizeof(uint64_t) * R_COUNT);
+	for (uint32_t m = r->undef; m; m &= m - 1)
+		next[__builtin_ctz(m)] = 0;
+	for (int j = 0; j < r->nsaved; j++) {
+		uint64_t v;
+		next[r->sreg[j]] =
+		    read_word(w, cfa + (uint64_t)(int64_t)r->soff[j], &v) == 0
+			? v
+			: 0;
+	}
+	next[R_RSP] = cfa;
+	next[R_RIP] = ra;
+	return STEP_OK;
+}
+
+static struct rule *rule_find(struct pa_unwind *u, uint64_t key)
+{
+	unsigned set =
+	    (unsigned)((key * 0x9e3779b97f4a7c15ULL) >> 52) % RULE_SETS;
+	struct rule *ways = u->rules[set];
+	for (int i = 0; i < RULE_WAYS; i++)
+		if (ways[i].key == key) {
+			ways[i].age = ++u->clock;
+			return &ways[i];
+		}
+	return NULL;
+}
+
+static struct rule *rule_new(struct pa_unwind *u, uint64_t key)
+{
+	unsigned set =
+	    (unsigned)((key * 0x9e3779b97f4a7c15ULL) >> 52) % RULE_SETS;
+	struct rule *ways = u->rules[set];
+	struct rule *r = ways[0].age <= ways[1].age ? &ways[0] : &ways[1];
+	memset(r, 0, sizeof(*r));
+	r->key = key;
+	r->age = ++u->clock;
+	return r;
+}
+
+/*
+ * One step from the frame at ip (exact: the interrupted instruction; else
+ * a return address) with registers regs to its caller's registers. The
+ * rule for ip is cached: a miss takes libunwind's step and derives the
+ * rule, which is used from then on only if it gives exactly what libunwind
+ * gave. *tramp: the frame was the signal return trampoline.
+ */
+static int step(struct pa_unwind *u, uint64_t ip, int exact,
+		const uint64_t *regs, uint64_t *next, int *tramp)
+{
+	struct walk *w = &u->w;
+	uint64_t lookup = exact ? ip : ip - 1;
+	uint64_t key = ip | ((uint64_t)(exact != 0) << 63);
+	*tramp = 0;
+	struct rule *r = rule_find(u, key);
+	if (r) {
+		u->rule_hits++;
+		switch (r->kind) {
+		case RULE_COMPACT:
+			return compact_step(w, r, lookup, regs, next);
+		case RULE_TRAMP:
+			*tramp = 1;
+			return signal_step(w, regs[R_RSP], next) == 0
+				   ? STEP_OK
+				   : STEP_ERROR;
+		case RULE_NOINFO:
+			return STEP_NOINFO;
+		default:
+			memcpy(w->regs, regs, sizeof(w->regs));
+			return dwarf_frame(u, lookup, next, NULL);
+		}
+	}
+	u->rule_misses++;
+	if (is_sigreturn(w, ip)) {
+		rule_new(u, key)->kind = RULE_TRAMP;
+		*tramp = 1;
+		return signal_step(w, regs[R_RSP], next) == 0 ? STEP_OK
+							      : STEP_ERROR;
+	}
+	memcpy(w->regs, regs, sizeof(w->regs));
+	const void *row;
+	int rc = dwarf_frame(u, lookup, next, &row);
+	if (rc == STEP_NOINFO) {
+		rule_new(u, key)->kind = RULE_NOINFO;
+		return rc;
+	}
+	if (!row)
+		return rc; /* nothing known: look again next time */
+	/* derive_rule and compact_step leave w->regs and the row alone;
+	 * next holds libunwind's answer. */
+	struct rule tmp;
+	memset(&tmp, 0, sizeof(tmp));
+	tmp.kind = RULE_ROW;
+	uint64_t check[R_COUNT];
+	if (derive_rule(u, lookup, row, &tmp) == 0) {
+		int crc = compact_step(w, &tmp, lookup, regs, check);
+		if (crc == rc &&
+		    (rc != STEP_OK || memcmp(check, next, sizeof(check)) == 0))
+			tmp.kind = RULE_COMPACT;
+	}
+	if (tmp.kind == RULE_COMPACT)
+		u->rule_compact++;
+	else
+		u->rule_row++;
+	r = rule_new(u, key);
+	tmp.key = r->key;
+	tmp.age = r->age;
+	*r = tmp;
+	return rc;
 }
 
 int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
@@ -799,10 +1193,23 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 	    s->stack_start + s->stack_len < s->stack_start)
 		goto out;
 
-	uint64_t sig = modules_signature(u->mods);
-	if (sig != u->mods_sig) {
-		memset(u->rows, 0, sizeof(u->rows));
-		u->mods_sig = sig;
+	/* The signature reads every module (a few cache lines each): only
+	 * when the table looks different (a refresh that found a change
+	 * builds a new array) and, in case it changed in place, every
+	 * SIG_EVERY samples. */
+	const struct pa_module *base = pa_modules_at(u->mods, 0);
+	int count = pa_modules_count(u->mods);
+	if (base != u->sig_base || count != u->sig_count ||
+	    ++u->sig_age >= SIG_EVERY) {
+		u->sig_base = base;
+		u->sig_count = count;
+		u->sig_age = 0;
+		uint64_t sig = modules_signature(u->mods);
+		if (sig != u->mods_sig) {
+			memset(u->rows, 0, sizeof(u->rows));
+			memset(u->rules, 0, sizeof(u->rules));
+			u->mods_sig = sig;
+		}
 	}
 	w->s = s;
 	w->mods = u->mods;
@@ -813,10 +1220,12 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 	uint64_t regs[R_COUNT];
 	memcpy(regs, s->regs, sizeof(regs));
 	uint64_t sp = regs[R_RSP];
+	/* How the walk ended, for the stack top hint (useful_top). */
+	int reached_end = 0, ran_off = 0, tramp_seen = 0;
 	for (int steps = 0; n < max && steps < MAX_STEPS; steps++) {
 		uint64_t next[R_COUNT];
-		int tramp = is_sigreturn(w, ip);
-		int rc;
+		int tramp;
+		int rc = step(u, ip, exact, regs, next, &tramp);
 		if (tramp) {
 			/* A handler returned here: this frame's address is
 			 * the trampoline itself, and the frame it leads to is
@@ -825,11 +1234,7 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 				pcs[n - 1] += 1;
 			adjusted = 0;
 			u->signal_frames++;
-			rc = signal_step(w, sp, next) == 0 ? STEP_OK
-							   : STEP_ERROR;
-		} else {
-			memcpy(w->regs, regs, sizeof(regs));
-			rc = dwarf_frame(u, exact ? ip : ip - 1, next);
+			tramp_seen = 1;
 		}
 		if (rc == STEP_NOINFO) {
 			/* No unwind info (no .eh_frame, code without CFI,
@@ -844,6 +1249,7 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 			next[R_RSP] = fp + 16;
 			next[R_RBP] = next_fp;
 		} else if (rc != STEP_OK) {
+			reached_end = rc == STEP_END;
 			break;
 		}
 		uint64_t nip = next[R_RIP], nsp = next[R_RSP];
@@ -863,9 +1269,18 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 		sp = nsp;
 		/* Beyond the copy nothing more can be read: this frame's
 		 * address was the last thing known. */
-		if (sp < w->slice_lo || sp >= w->slice_hi)
+		if (sp < w->slice_lo || sp >= w->slice_hi) {
+			ran_off = 1;
 			break;
+		}
 	}
+	/* Only the outermost frame (its CFI says the return address is
+	 * undefined: clone3, _start) says where the stack ends; a copy that
+	 * was too short says the hint (if any) was wrong. */
+	if (reached_end && !tramp_seen)
+		note_top(s->tid, sp, 1);
+	else if (ran_off)
+		note_top(s->tid, 0, 0);
 out:;
 	/* Frames inside the agent itself are removed wherever they are: at
 	 * the top (hooks, handlers) and in the middle (a sample taken inside

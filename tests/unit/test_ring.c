@@ -66,10 +66,12 @@ TEST(ring_full_counts_drops_and_reuses_slots)
 	struct pa_ring *r;
 	CHECK_EQ_INT(pa_ring_new(&r, 4), 0);
 	struct pa_sample *held[4];
+	/* Full stack copies: every record keeps its full size. */
 	for (int i = 0; i < 4; i++) {
 		held[i] = pa_ring_reserve(r);
 		CHECK(held[i]);
 		held[i]->seq = (uint64_t)(100 + i);
+		held[i]->stack_len = PA_STACK_COPY;
 		pa_ring_commit(r, held[i]);
 	}
 	CHECK(pa_ring_reserve(r) == NULL);
@@ -82,6 +84,7 @@ TEST(ring_full_counts_drops_and_reuses_slots)
 	struct pa_sample *again = pa_ring_reserve(r);
 	CHECK(again == held[0]);
 	again->seq = 104;
+	again->stack_len = PA_STACK_COPY;
 	pa_ring_commit(r, again);
 	CHECK(pa_ring_reserve(r) == NULL);
 	CHECK_EQ_INT(pa_ring_dropped(r), 3);
@@ -97,10 +100,130 @@ TEST(ring_full_counts_drops_and_reuses_slots)
 		s = pa_ring_reserve(r);
 		CHECK(s);
 		s->seq = i;
+		s->stack_len = (uint32_t)(i * 977 % (PA_STACK_COPY + 1));
 		pa_ring_commit(r, s);
 		s = pa_ring_next(r);
 		CHECK(s && s->seq == i);
 		pa_ring_release(r, s);
+	}
+	pa_ring_free(r);
+}
+
+/* ---- records as long as the stack they copied */
+
+/* A stack copy whose bytes say which sample they belong to: a byte of the
+ * sample's own everywhere, varied at every 64-byte boundary (where records
+ * start and where the consumer zeroes what it hands back) and at the end.
+ * Cheap enough for ThreadSanitizer builds. */
+static uint8_t tag_byte(uint64_t tag, uint32_t i)
+{
+	return (uint8_t)(tag * 0x9e3779b97f4a7c15ULL >> 56) ^ (uint8_t)(i >> 6);
+}
+
+static void fill_stack(struct pa_sample *s, uint64_t tag, uint32_t len)
+{
+	s->stack_len = len;
+	memset(s->stack, tag_byte(tag, 0), len);
+	for (uint32_t i = 64; i < len; i += 64)
+		s->stack[i] = tag_byte(tag, i);
+	if (len)
+		s->stack[len - 1] = tag_byte(tag, len - 1) ^ 0x5a;
+}
+
+static int stack_intact(const struct pa_sample *s, uint64_t tag)
+{
+	uint32_t len = s->stack_len;
+	if (len > PA_STACK_COPY)
+		return 0;
+	for (uint32_t i = 0; i + 1 < len; i += 64)
+		if (s->stack[i] != tag_byte(tag, i) ||
+		    (i + 2 < len && s->stack[i + 1] != tag_byte(tag, 0)))
+			return 0;
+	return !len || s->stack[len - 1] == (tag_byte(tag, len - 1) ^ 0x5a);
+}
+
+TEST(ring_short_samples_take_less_room)
+{
+	struct pa_ring *r;
+	CHECK_EQ_INT(pa_ring_new(&r, 4), 0);
+	/* Room for 4 full samples holds many with 200 bytes of stack. */
+	uint64_t made = 0;
+	struct pa_sample *s;
+	while ((s = pa_ring_reserve(r)) != NULL) {
+		s->seq = made;
+		fill_stack(s, made, 200);
+		pa_ring_commit(r, s);
+		made++;
+	}
+	CHECK(made >= 4 * 20);
+	CHECK_EQ_INT(pa_ring_dropped(r), 1);
+	for (uint64_t i = 0; i < made; i++) {
+		s = pa_ring_next(r);
+		CHECK(s);
+		CHECK_EQ_INT(s->seq, i);
+		CHECK_EQ_INT(s->stack_len, 200);
+		CHECK(stack_intact(s, i));
+		pa_ring_release(r, s);
+	}
+	CHECK(pa_ring_next(r) == NULL);
+	/* A record reserved behind another one keeps the first at full
+	 * size (it cannot shrink under its neighbour), and both arrive. */
+	struct pa_sample *a = pa_ring_reserve(r), *b = pa_ring_reserve(r);
+	CHECK(a && b);
+	a->seq = 1;
+	fill_stack(a, 1, 10);
+	b->seq = 2;
+	fill_stack(b, 2, 10);
+	pa_ring_commit(r, a);
+	pa_ring_commit(r, b);
+	CHECK((s = pa_ring_next(r)) == a);
+	CHECK(stack_intact(s, 1));
+	pa_ring_release(r, s);
+	CHECK((s = pa_ring_next(r)) == b);
+	CHECK(stack_intact(s, 2));
+	pa_ring_release(r, s);
+	CHECK(pa_ring_next(r) == NULL);
+	pa_ring_free(r);
+}
+
+/* Stack lengths from a xorshift: mostly short, sometimes full. */
+static uint32_t ring_len(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return (*x & 7) == 0 ? PA_STACK_COPY : (uint32_t)(*x % 3000);
+}
+
+TEST(ring_mixed_sizes_wrap_in_order)
+{
+	struct pa_ring *r;
+	CHECK_EQ_INT(pa_ring_new(&r, 2), 0);
+	uint64_t x = 88172645463325252ULL, made = 0, got = 0;
+	/* Producer ahead of the consumer by a varying amount, many laps:
+	 * records of every size meet the end of the ring. */
+	while (got < 20000) {
+		int burst = (int)(x % 7);
+		for (int i = 0; i < burst; i++) {
+			struct pa_sample *s = pa_ring_reserve(r);
+			if (!s)
+				break;
+			s->seq = made;
+			fill_stack(s, made, ring_len(&x));
+			pa_ring_commit(r, s);
+			made++;
+		}
+		struct pa_sample *s = pa_ring_next(r);
+		if (!s) {
+			ring_len(&x);
+			continue;
+		}
+		CHECK_EQ_INT(s->seq, got);
+		if (!stack_intact(s, got))
+			FAIL("sample %llu: stack bytes overwritten",
+			     (unsigned long long)got);
+		pa_ring_release(r, s);
+		got++;
 	}
 	pa_ring_free(r);
 }
@@ -297,4 +420,59 @@ TEST_TIMEOUT(ring_many_producers_each_item_once, 60)
 	    (unsigned long long)sent,
 	    (unsigned long long)pa_ring_dropped(mp_ring));
 	pa_ring_free(mp_ring);
+}
+
+/* ---- many producers of records of every size: no record overlaps another
+ * (each keeps its own bytes), each arrives once and in order. */
+
+#define MIX_PRODUCERS 3
+#define MIX_PER	      50000
+
+static struct pa_ring *mix_ring;
+
+static void *mix_producer(void *arg)
+{
+	uint64_t id = (uint64_t)(uintptr_t)arg;
+	uint64_t x = 0x9e3779b97f4a7c15ULL * (id + 1);
+	for (uint64_t i = 1; i <= MIX_PER; i++) {
+		struct pa_sample *s;
+		while (!(s = pa_ring_reserve(mix_ring)))
+			sched_yield();
+		s->tid = (uint32_t)id;
+		s->seq = i;
+		fill_stack(s, id << 32 | i, ring_len(&x) % 2048);
+		pa_ring_commit(mix_ring, s);
+	}
+	return NULL;
+}
+
+TEST_TIMEOUT(ring_many_producers_mixed_sizes_intact, 60)
+{
+	CHECK_EQ_INT(pa_ring_new(&mix_ring, 4), 0);
+	pthread_t th[MIX_PRODUCERS];
+	for (uintptr_t i = 0; i < MIX_PRODUCERS; i++)
+		CHECK_EQ_INT(
+		    pthread_create(&th[i], NULL, mix_producer, (void *)i), 0);
+	uint64_t next[MIX_PRODUCERS] = {1, 1, 1}, total = 0;
+	while (total < (uint64_t)MIX_PRODUCERS * MIX_PER) {
+		struct pa_sample *s = pa_ring_next(mix_ring);
+		if (!s)
+			continue;
+		uint32_t id = s->tid;
+		CHECK(id < MIX_PRODUCERS);
+		if (s->seq != next[id])
+			FAIL("producer %u: got %llu, expected %llu", id,
+			     (unsigned long long)s->seq,
+			     (unsigned long long)next[id]);
+		if (!stack_intact(s, (uint64_t)id << 32 | s->seq))
+			FAIL("producer %u item %llu: stack bytes overwritten",
+			     id, (unsigned long long)s->seq);
+		next[id]++;
+		total++;
+		pa_ring_release(mix_ring, s);
+	}
+	for (int i = 0; i < MIX_PRODUCERS; i++)
+		pthread_join(th[i], NULL);
+	CHECK(pa_ring_next(mix_ring) == NULL);
+	pa_ring_free(mix_ring);
 }

@@ -500,6 +500,60 @@ TEST(unwind_capture_in_thread_without_bounds)
 	}
 }
 
+/* ---- the stack top hint: after one unwind that reached the thread's
+ * outermost frame, captures on that thread copy only the stack in use, and
+ * unwind to exactly the same frames. */
+
+static struct pa_sample top_first, top_again, top_other;
+static uint64_t top_pcs[3][MAXF];
+static int top_n[3];
+
+static void *top_thread(void *arg)
+{
+	(void)arg;
+	pa_thread_init_current();
+	chain_a(&top_first);
+	top_first.tid = pa_self.tid;
+	top_n[0] = uw_run(&top_first, top_pcs[0], MAXF);
+	chain_a(&top_again);
+	top_again.tid = pa_self.tid;
+	top_n[1] = uw_run(&top_again, top_pcs[1], MAXF);
+	/* Another thread's hint never applies here: same stack, other tid. */
+	pa_self.tid ^= 1;
+	chain_a(&top_other);
+	top_other.tid = pa_self.tid;
+	top_n[2] = uw_run(&top_other, top_pcs[2], MAXF);
+	return NULL;
+}
+
+TEST(unwind_stack_top_hint_copies_less_same_frames)
+{
+	uw_setup();
+	pthread_t t;
+	CHECK_EQ_INT(pthread_create(&t, NULL, top_thread, NULL), 0);
+	pthread_join(t, NULL);
+	/* The first copy runs to the top of the thread's block (TLS and
+	 * glibc's descriptor are there); the second stops above the
+	 * outermost frame. */
+	CHECK(top_n[0] >= 6);
+	CHECK(in_module_named(top_pcs[0][top_n[0] - 1], "libc.so"));
+	CHECK(top_again.stack_len + 1024 < top_first.stack_len);
+	CHECK(top_other.stack_len == top_first.stack_len);
+	/* The same frames but for the call site in top_thread (#3). */
+	for (int k = 1; k < 3; k++) {
+		if (top_n[k] != top_n[0] ||
+		    memcmp(top_pcs[k], top_pcs[0], 3 * sizeof(uint64_t)) ||
+		    memcmp(top_pcs[k] + 4, top_pcs[0] + 4,
+			   (size_t)(top_n[0] - 4) * sizeof(uint64_t))) {
+			uw_dump(top_pcs[0], top_n[0]);
+			uw_dump(top_pcs[k], top_n[k]);
+			FAIL("capture %d unwound differently", k);
+		}
+	}
+	printf("  stack copy: %u bytes, %u with the hint (%d frames)\n",
+	       top_first.stack_len, top_again.stack_len, top_n[0]);
+}
+
 TEST(unwind_capture_bad_sp_is_leaf_only)
 {
 	/* A signal context whose sp points nowhere: the leaf survives. */
