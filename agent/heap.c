@@ -256,14 +256,21 @@ static void note_null(void)
 
 /* ---- the sampled path ---------------------------------------------------- */
 
-/* fork: agent.c turns the child passive (state OFF), so nothing here
- * records in it. Its copy of the live table describes blocks the child
- * owns too (copy-on-write) and its frees keep removing them, so the copy
- * stays true; its copy of the ring may hold the parent's samples, and
- * even slots a parent thread had reserved and never commits there: a
- * passive child never drains it. A child that profiled would need a
- * fresh ring, and could keep the live table. (vfork children share the
- * parent's memory: a sample they record is of the parent's heap.) */
+/*
+ * fork: a child that profiles itself gets a fresh ring and live table
+ * (pa_heap_atfork_child). A process that shares our memory without having
+ * run the atfork handlers, a vfork()/posix_spawn() child (or a clone() or
+ * _Fork() one), records nothing: the ring and the live table are the
+ * parent's, and a child that dies between reserve and commit would stall
+ * the parent's ring for good. getpid() is a syscall: it is asked on
+ * sampled paths and on tracked mappings only, never per malloc.
+ */
+static pid_t owner_pid; /* the process that records */
+
+static bool foreign_process(void)
+{
+	return getpid() != __atomic_load_n(&owner_pid, __ATOMIC_RELAXED);
+}
 
 /* The agent's state word (pa_agent.state, given to pa_heap_start): only
  * RUNNING records. Read on sampled paths only. */
@@ -277,34 +284,24 @@ static bool running(void)
 
 static bool may_record(void)
 {
-	return running() && !pa_self.busy;
+	return running() && !pa_self.busy && !foreign_process();
 }
 
 /* Records a sampled block: a ring sample with the stack, and a live
  * entry. The entry goes in before the commit, so the agent thread finds
- * it when it assigns the stack. */
+ * it when it assigns the stack; it even goes in before the reservation,
+ * which keeps the (slow, cache-missing) table insert out of the window
+ * between reserve and commit: a record can shrink to the stack it copied
+ * only if no other reservation follows it meanwhile (ring.c). */
 static void record_alloc(void *p, size_t n)
 {
 	pa_self.busy = 1;
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
 	double w = pa_heap_weight(n, pa_heap.rate_d);
-	struct pa_sample *s = pa_ring_reserve(pa_heap.ring);
-	if (!s) {
-		STAT_INC(ring_full_alloc);
-		goto out;
-	}
 	uint32_t seq = __atomic_add_fetch(&pa_heap.seq, 1, __ATOMIC_RELAXED);
-	s->kind = PA_SAMPLE_ALLOC;
-	s->flags = 0;
-	s->tid = pa_self.tid;
-	s->time_ns = mono_ns();
-	s->values[0] = (int64_t)(w / (double)n + 0.5);
-	s->values[1] = (int64_t)(w + 0.5);
-	s->addr = (uint64_t)(uintptr_t)p;
-	s->size = n;
-	s->seq = seq;
-	pa_unwind_capture_here(s);
+	uint64_t now = mono_ns();
 	struct pa_live *t = pa_heap.live;
+	int live = 0;
 	if (t) {
 		struct pa_live_entry e = {
 		    .addr = (uint64_t)(uintptr_t)p,
@@ -314,8 +311,26 @@ static void record_alloc(void *p, size_t n)
 		    .stack = 0,
 		};
 		/* A full window is counted in the table. */
-		pa_live_insert(t, &e);
+		live = pa_live_insert(t, &e) == 0;
 	}
+	struct pa_sample *s = pa_ring_reserve(pa_heap.ring);
+	if (!s) {
+		/* No sample will give the entry a stack: out again. */
+		if (live)
+			pa_live_remove(t, p, NULL);
+		STAT_INC(ring_full_alloc);
+		goto out;
+	}
+	s->kind = PA_SAMPLE_ALLOC;
+	s->flags = 0;
+	s->tid = pa_self.tid;
+	s->time_ns = now;
+	s->values[0] = (int64_t)(w / (double)n + 0.5);
+	s->values[1] = (int64_t)(w + 0.5);
+	s->addr = (uint64_t)(uintptr_t)p;
+	s->size = n;
+	s->seq = seq;
+	pa_unwind_capture_here(s);
 	pa_ring_commit(pa_heap.ring, s);
 out:
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -521,7 +536,8 @@ static bool mmap_watched(const void *ra)
 	if (pa_self.busy || pa_heap.rate <= 0 || !running())
 		return false;
 	uint64_t a = (uint64_t)(uintptr_t)ra;
-	return !(a >= pa_heap.foreign_lo && a < pa_heap.foreign_hi);
+	return !(a >= pa_heap.foreign_lo && a < pa_heap.foreign_hi) &&
+	       !foreign_process();
 }
 
 static bool regions_exist(void)
@@ -734,9 +750,40 @@ int pa_heap_start(const struct pa_config *cfg, struct pa_ring *ring,
 			pa_heap.foreign_hi = f.hi;
 		}
 	}
+	__atomic_store_n(&owner_pid, getpid(), __ATOMIC_RELAXED);
 	__atomic_store_n(&pa_heap.state, state, __ATOMIC_RELEASE);
 	__atomic_store_n(&pa_heap.configured, 1, __ATOMIC_RELEASE);
 	return rc;
+}
+
+void pa_heap_atfork_child(struct pa_ring *ring)
+{
+	__atomic_store_n(&owner_pid, getpid(), __ATOMIC_RELAXED);
+	pa_heap.ring = ring;
+	struct pa_live *old = pa_heap.live;
+	if (old) {
+		struct pa_live *t = NULL;
+		int rc = pa_live_new(&t, (unsigned)pa_live_nslots(old));
+		/* The filter first: a free() from a signal handler on this
+		 * thread meanwhile asks the new table, which is empty. */
+		if (rc == 0) {
+			pa_heap.filter_mask = t->filter_mask;
+			__atomic_store_n(&pa_heap.filter, t->filter,
+					 __ATOMIC_RELEASE);
+		} else {
+			__atomic_store_n(&pa_heap.filter, NULL,
+					 __ATOMIC_RELEASE);
+			pa_warn("no memory for the live-heap table in the "
+				"forked child (errno %d): inuse_* values off",
+				-rc);
+		}
+		pa_heap.live = t;
+		pa_live_free(old);
+	}
+	/* The child's exporter starts with an empty region table. */
+	__atomic_store_n(&pa_heap.regions, 0, __ATOMIC_RELEASE);
+	memset(&pa_heap.stats, 0, sizeof(pa_heap.stats));
+	__atomic_store_n(&pa_heap.null_seen, 0, __ATOMIC_RELAXED);
 }
 
 static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)

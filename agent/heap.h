@@ -107,6 +107,15 @@ void pa_heap_resolve(void);
 int pa_heap_start(const struct pa_config *cfg, struct pa_ring *ring,
 		  const int *state);
 
+/* After fork, in the child (only the calling thread exists), when the
+ * child profiles itself: samples go to ring (a fresh one), the live table
+ * is replaced by an empty one (the old entries carry stack ids of the
+ * parent's exporter; a parent thread may have left one half written) and
+ * the region count and counters start from zero. Also makes this process
+ * the one that records: a vfork()/posix_spawn() child, which shares the
+ * memory but runs no atfork handler, records nothing. */
+void pa_heap_atfork_child(struct pa_ring *ring);
+
 /* Logs one line if malloc is not ours (PITFALLS 7): an executable with its
  * own static allocator, or an allocator preloaded before the agent. Returns
  * true when our malloc is the one the program calls. */

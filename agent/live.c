@@ -113,8 +113,12 @@ int pa_live_insert(struct pa_live *t, const struct pa_live_entry *e)
 	int first_empty = -1;
 	/* A stale entry for this address (a free we never saw, e.g. through
 	 * an allocator entry point that is not interposed) is replaced rather
-	 * than duplicated, so inuse cannot grow from it. */
-	for (int i = 0; i < PA_LIVE_WINDOW; i++) {
+	 * than duplicated, so inuse cannot grow from it. The prefilter says
+	 * when there can be none: the scan of the whole window (16 cache
+	 * lines) is then skipped. */
+	if (!pa_live_maybe(t, (void *)(uintptr_t)addr))
+		first_empty = 0;
+	for (int i = 0; first_empty < 0 && i < PA_LIVE_WINDOW; i++) {
 		struct pa_live_slot *s = &t->slots[(h + (uint64_t)i) & t->mask];
 		uint64_t a = __atomic_load_n(&s->addr, __ATOMIC_ACQUIRE);
 		if (a == addr) {

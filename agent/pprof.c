@@ -336,9 +336,10 @@ static bool same_stack(const struct pa_pprof *p, const struct stack *s,
 {
 	if (s->hash != h || s->n != n || s->leaf != leaf)
 		return false;
-	const uint32_t *f = p->frames + s->off;
+	/* Indexed, not p->frames + s->off: frames is NULL while only
+	 * frameless stacks exist, and NULL + 0 is undefined. */
 	for (int i = 0; i < n; i++)
-		if (p->addrs[f[i]] != pcs[i])
+		if (p->addrs[p->frames[s->off + (uint32_t)i]] != pcs[i])
 			return false;
 	return true;
 }
@@ -350,6 +351,8 @@ int pa_pprof_add(struct pa_pprof *p, const uint64_t *pcs, int n,
 		return -EINVAL;
 	if (all_zero(values, p->ntypes))
 		return 0;
+	if (leaf && !leaf[0])
+		leaf = NULL; /* a nameless frame would reach the profile */
 	if (n == 0 && !leaf)
 		leaf = UNKNOWN_NAME; /* a sample needs at least one location */
 	int depth = leaf ? MAX_DEPTH - 1 : MAX_DEPTH;

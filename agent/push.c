@@ -682,6 +682,11 @@ static void server_message(const struct pa_push *p, char *out, size_t cap)
 	redact(raw, sizeof(raw), p->cfg->auth_token);
 	redact(raw, sizeof(raw), p->basic_b64);
 	escape_line(raw, out, cap);
+	/* Once more on what is logged: an escape can rebuild a secret (a
+	 * tab before "ok-123" reads "\tok-123"). */
+	redact(out, cap, p->cfg->basic_password);
+	redact(out, cap, p->cfg->auth_token);
+	redact(out, cap, p->basic_b64);
 	if (!*out)
 		snprintf(out, cap, "(no message)");
 }
@@ -831,6 +836,44 @@ int pa_push_send(struct pa_push *p, const char *name, const uint8_t *gz,
 	*http_status = status;
 	pa_debug("pushed %s (%zu bytes): HTTP %ld in %ld ms", name, body_len,
 		 status, ms);
+	if (status == 0)
+		return -EAGAIN;
+	return map_status(p, name, status, retry_after_ms);
+}
+
+/* The reply half of pa_push_send, fed by hand (push.h: for tests and
+ * fuzzers). Header lines and body reach the same callbacks libcurl calls,
+ * in pieces no larger than libcurl's (CURL_MAX_WRITE_SIZE). */
+int pa_push_take_reply(struct pa_push *p, const char *name, long status,
+		       const char *head, size_t head_len, const char *body,
+		       size_t body_len, long *retry_after_ms, char *msg,
+		       size_t msg_cap)
+{
+	long retry_dummy;
+	if (!retry_after_ms)
+		retry_after_ms = &retry_dummy;
+	*retry_after_ms = 0;
+	if (!p || !name || (head_len && !head) || (body_len && !body) ||
+	    (msg && msg_cap < 4))
+		return -EINVAL;
+	p->resp_len = 0;
+	p->resp[0] = 0;
+	p->retry_after_ms = 0;
+	for (size_t i = 0; i < head_len;) {
+		const char *nl = memchr(head + i, '\n', head_len - i);
+		size_t n = nl ? (size_t)(nl - (head + i)) + 1 : head_len - i;
+		on_header((char *)head + i, 1, n, p);
+		i += n;
+	}
+	for (size_t i = 0; i < body_len;) {
+		size_t n = body_len - i < CURL_MAX_WRITE_SIZE
+			       ? body_len - i
+			       : CURL_MAX_WRITE_SIZE;
+		on_body((char *)body + i, 1, n, p);
+		i += n;
+	}
+	if (msg)
+		server_message(p, msg, msg_cap);
 	if (status == 0)
 		return -EAGAIN;
 	return map_status(p, name, status, retry_after_ms);

@@ -49,4 +49,16 @@ int pa_push_encode(const struct pa_push *p, const char *name, const uint8_t *gz,
 		   size_t len, const struct pa_label *extra, int nextra,
 		   uint8_t **body, size_t *body_len);
 
+/* For tests and fuzzers: what pa_push_send makes of a reply, without the
+ * network. head: the reply's header lines as libcurl hands them over
+ * (split at '\n', status line included), body: its body. Returns what
+ * pa_push_send would for that status (0, -EAGAIN, -EINVAL; status 0 means
+ * no reply) with *retry_after_ms as it would set it, and logs the same
+ * line. msg (NULL, or msg_cap >= 4 bytes) gets the server's message as a
+ * log line would carry it: redacted, escaped, one line, cut. */
+int pa_push_take_reply(struct pa_push *p, const char *name, long status,
+		       const char *head, size_t head_len, const char *body,
+		       size_t body_len, long *retry_after_ms, char *msg,
+		       size_t msg_cap);
+
 #endif

@@ -27,6 +27,8 @@
 #define MAX_FILES    4096 /* files looked at per scan */
 #define SUFFIX       ".zst"
 #define ZSTD_LEVEL   3
+/* A temporary file this old belongs to a writer that died. */
+#define STALE_TEMP_NS (10LL * 60 * 1000000000LL)
 
 struct pa_spool {
 	char *dir;
@@ -224,6 +226,36 @@ static char *file_prefix(const char *service)
 	return p;
 }
 
+/* A process killed between writing a temporary file and renaming it
+ * leaves ".<service>.*.tmp" behind; nothing else would ever remove it.
+ * Only old ones: another live process of the service may be writing. */
+static void remove_stale_temps(struct pa_spool *s)
+{
+	DIR *d = opendir(s->dir);
+	if (!d)
+		return;
+	int dfd = dirfd(d);
+	size_t plen = strlen(s->prefix);
+	int64_t before = wall_ns() - STALE_TEMP_NS;
+	struct dirent *de;
+	for (int seen = 0; (de = readdir(d)) && seen < MAX_FILES; seen++) {
+		size_t len = strlen(de->d_name);
+		if (len <= 1 + plen + 4 || de->d_name[0] != '.' ||
+		    strncmp(de->d_name + 1, s->prefix, plen) != 0 ||
+		    strcmp(de->d_name + len - 4, ".tmp") != 0)
+			continue;
+		struct stat st;
+		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000000000LL +
+				st.st_mtim.tv_nsec;
+		if (mtime < before)
+			unlinkat(dfd, de->d_name, 0);
+	}
+	closedir(d);
+}
+
 int pa_spool_open(struct pa_spool **out, const char *dir, const char *service,
 		  int64_t max_bytes, int64_t max_age_ns)
 {
@@ -242,8 +274,21 @@ int pa_spool_open(struct pa_spool **out, const char *dir, const char *service,
 	s->max_bytes = max_bytes;
 	s->max_age_ns = max_age_ns;
 	s->held_fd = -1;
+	remove_stale_temps(s);
 	*out = s;
 	return 0;
+}
+
+void pa_spool_atfork_child(struct pa_spool *s)
+{
+	/* The descriptor is shared with the parent, and so is its flock:
+	 * closing this copy keeps the parent's lock and lets the parent
+	 * lock the file again after it releases it. Nothing is freed: the
+	 * parent's thread may have been inside the spool at fork. */
+	if (s && s->held_fd >= 0) {
+		close(s->held_fd);
+		s->held_fd = -1;
+	}
 }
 
 static void drop_held(struct pa_spool *s)
@@ -315,7 +360,8 @@ static int scan(struct pa_spool *s, struct entry **out, off_t *total)
 		n++;
 	}
 	closedir(d);
-	qsort(v, (size_t)n, sizeof(*v), by_name);
+	if (n > 1) /* qsort(NULL, 0) is undefined (UBSan) */
+		qsort(v, (size_t)n, sizeof(*v), by_name);
 	*out = v;
 	return n;
 }
@@ -388,7 +434,10 @@ int pa_spool_put(struct pa_spool *s, const struct pa_spool_record *r)
 	else
 		free(v);
 	char name[512], tmp[600], path[4096], tpath[4096];
-	snprintf(name, sizeof(name), "%s%020lld.%d.%llu%s", s->prefix,
+	/* Names sort in replay order: profile time, then (zero-padded, so
+	 * a CPU and a memory profile of one interval keep their order) the
+	 * write sequence. */
+	snprintf(name, sizeof(name), "%s%020lld.%d.%020llu%s", s->prefix,
 		 (long long)(r->time_ns > 0 ? r->time_ns : 0), (int)getpid(),
 		 (unsigned long long)++s->seq, SUFFIX);
 	snprintf(tmp, sizeof(tmp), ".%s.tmp", name);

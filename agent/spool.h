@@ -32,12 +32,16 @@ struct pa_spool_stats {
 
 struct pa_spool;
 
-/* Opens (creating it 0700 if needed) a spool directory for one service.
- * Returns 0, or -errno with the directory refused (world-writable without
- * the sticky bit, not a directory). */
+/* Opens (creating it 0700 if needed) a spool directory for one service,
+ * removing temporary files a killed writer left behind (older than 10
+ * minutes). Returns 0, or -errno with the directory refused
+ * (world-writable without the sticky bit, not a directory). */
 int pa_spool_open(struct pa_spool **out, const char *dir, const char *service,
 		  int64_t max_bytes, int64_t max_age_ns);
 void pa_spool_close(struct pa_spool *s); /* accepts NULL; releases a held record */
+/* In a child after fork: drops the child's copy of the held record's
+ * descriptor (the parent keeps its lock); frees nothing. Accepts NULL. */
+void pa_spool_atfork_child(struct pa_spool *s);
 
 /* Writes one record atomically (temp file 0600, O_NOFOLLOW, rename),
  * removing the oldest files first when the cap would be passed. */

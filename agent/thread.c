@@ -1,6 +1,10 @@
-/* Per-thread agent state: identity and stack bounds, set outside signal context. */
+/* Per-thread agent state (identity, stack bounds, set outside signal
+ * context) and the fork gate between agent threads and fork(). */
+#include <errno.h>
 #include <pthread.h>
+#include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "thread.h"
@@ -23,4 +27,130 @@ void pa_thread_init_current(void)
 		pthread_attr_destroy(&attr);
 	}
 	pa_self.inited = 1;
+}
+
+/* ---- the fork gate ------------------------------------------------------ */
+
+/*
+ * `inside` counts agent threads in foreign code; `forks` counts host
+ * threads between their prepare and parent handlers (no agent thread
+ * enters meanwhile); `stalled` is set when a fork gave up waiting for the
+ * threads inside now, so later forks do not wait for them again. The
+ * mutex is held only for these few instructions, never across a call.
+ */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* CLOCK_REALTIME */
+	int inside;
+	int forks;
+	int stalled;
+} gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+
+static void gate_in_locked(void)
+{
+	while (gate.forks)
+		pthread_cond_wait(&gate.cv, &gate.mu);
+	gate.inside++;
+}
+
+static void gate_out_locked(void)
+{
+	if (gate.inside > 0 && --gate.inside == 0) {
+		gate.stalled = 0;
+		pthread_cond_broadcast(&gate.cv);
+	}
+}
+
+void pa_gate_enter(void)
+{
+	if (pa_self.gate_depth++ > 0)
+		return;
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	gate_in_locked();
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
+}
+
+void pa_gate_leave(void)
+{
+	if (pa_self.gate_depth <= 0 || --pa_self.gate_depth > 0)
+		return;
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	gate_out_locked();
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
+}
+
+void pa_gate_pause(void)
+{
+	if (pa_self.gate_depth <= 0)
+		return;
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	gate_out_locked();
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
+}
+
+void pa_gate_resume(void)
+{
+	if (pa_self.gate_depth <= 0)
+		return;
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	gate_in_locked();
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
+}
+
+int pa_gate_fork_prepare(void)
+{
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	gate.forks++;
+	int clear = 1;
+	if (gate.inside && !gate.stalled) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += PA_GATE_FORK_WAIT_MS * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		while (gate.inside && !gate.stalled)
+			if (pthread_cond_timedwait(&gate.cv, &gate.mu,
+						   &until) == ETIMEDOUT)
+				gate.stalled = 1;
+	}
+	if (gate.inside)
+		clear = 0;
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
+	return clear;
+}
+
+void pa_gate_fork_parent(void)
+{
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	if (gate.forks > 0 && --gate.forks == 0)
+		pthread_cond_broadcast(&gate.cv);
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
+}
+
+void pa_gate_fork_child(void)
+{
+	/* Only the forking thread exists: whoever held the mutex or was
+	 * inside is gone. */
+	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+	memcpy(&gate.mu, &mu, sizeof(mu));
+	memcpy(&gate.cv, &cv, sizeof(cv));
+	gate.inside = 0;
+	gate.forks = 0;
+	gate.stalled = 0;
+	pa_self.gate_depth = 0;
 }

@@ -2,9 +2,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -257,4 +259,90 @@ TEST(spool_record_held_by_one_process_is_skipped_by_another)
 	pa_spool_close(a);
 	pa_spool_close(b);
 	pa_spool_close(other);
+}
+
+TEST(spool_keeps_write_order_for_equal_times)
+{
+	char *dir = temp_dir();
+	struct pa_spool *s;
+	CHECK_EQ_INT(pa_spool_open(&s, dir, "svc", 64 << 20, 55 * MINUTE_NS),
+		     0);
+	/* A CPU and a memory profile of one interval share their time; the
+	 * 10th write must not sort before the 9th. */
+	int64_t t = now_ns();
+	static char names[12][8];
+	for (int i = 0; i < 12; i++) {
+		snprintf(names[i], sizeof(names[i]), "n%d", i);
+		struct pa_spool_record r = record(t, names[i]);
+		CHECK_EQ_INT(pa_spool_put(s, &r), 0);
+	}
+	struct pa_spool_record got;
+	for (int i = 0; i < 12; i++) {
+		CHECK_EQ_INT(pa_spool_next(s, &got), 0);
+		CHECK_EQ_STR(got.labels[0].value, names[i]);
+		pa_spool_done(s);
+	}
+	pa_spool_close(s);
+}
+
+TEST(spool_open_removes_stale_temporary_files_only)
+{
+	char *dir = temp_dir();
+	char stale[256], fresh[256], other[256];
+	snprintf(stale, sizeof(stale), "%s/.svc.1.1.1.zst.tmp", dir);
+	snprintf(fresh, sizeof(fresh), "%s/.svc.2.1.1.zst.tmp", dir);
+	snprintf(other, sizeof(other), "%s/.web.1.1.1.zst.tmp", dir);
+	const char *paths[] = {stale, fresh, other};
+	for (int i = 0; i < 3; i++) {
+		int fd = open(paths[i], O_WRONLY | O_CREAT, 0600);
+		CHECK(fd >= 0);
+		close(fd);
+	}
+	/* A writer killed 11 minutes ago; fresh may still be being written;
+	 * other belongs to another service. */
+	struct timespec old[2] = {{time(NULL) - 660, 0}, {time(NULL) - 660, 0}};
+	CHECK_EQ_INT(utimensat(AT_FDCWD, stale, old, 0), 0);
+	CHECK_EQ_INT(utimensat(AT_FDCWD, other, old, 0), 0);
+	struct pa_spool *s;
+	CHECK_EQ_INT(pa_spool_open(&s, dir, "svc", 64 << 20, 55 * MINUTE_NS),
+		     0);
+	CHECK(access(stale, F_OK) != 0);
+	CHECK(access(fresh, F_OK) == 0);
+	CHECK(access(other, F_OK) == 0);
+	pa_spool_close(s);
+}
+
+TEST(spool_forked_child_drops_its_copy_of_the_lock)
+{
+	char *dir = temp_dir();
+	struct pa_spool *s, *again;
+	CHECK_EQ_INT(pa_spool_open(&s, dir, "svc", 64 << 20, 55 * MINUTE_NS),
+		     0);
+	struct pa_spool_record r = record(now_ns(), "one"), got;
+	CHECK_EQ_INT(pa_spool_put(s, &r), 0);
+	CHECK_EQ_INT(pa_spool_next(s, &got), 0); /* held and locked */
+	int p[2];
+	CHECK_EQ_INT(pipe(p), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		pa_spool_atfork_child(s);
+		close(p[1]);
+		char c;
+		/* Live on while the parent retries (EOF if it dies). */
+		(void)!read(p[0], &c, 1);
+		_exit(0);
+	}
+	close(p[0]);
+	/* The parent gives the record back and takes it again while the
+	 * child lives: the child's descriptor must not hold the lock. */
+	usleep(100000);
+	pa_spool_release(s);
+	CHECK_EQ_INT(
+	    pa_spool_open(&again, dir, "svc", 64 << 20, 55 * MINUTE_NS), 0);
+	CHECK_EQ_INT(pa_spool_next(again, &got), 0);
+	CHECK_EQ_STR(got.labels[0].value, "one");
+	(void)!write(p[1], "x", 1);
+	waitpid(pid, NULL, 0);
+	pa_spool_close(again);
+	pa_spool_close(s);
 }
