@@ -112,6 +112,11 @@ $(BUILD)/programs/%: tests/programs/%.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -D_GNU_SOURCE -g -O2 -Wall -Wextra $(CFLAGS) -o $@ $< -lpthread -ldl -lm
 
+# *_nopie: a non-PIE executable (canonical PLT entries, as Debian's python3).
+$(BUILD)/programs/%_nopie: tests/programs/%_nopie.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -D_GNU_SOURCE -g -O2 -Wall -Wextra -fno-pie -no-pie $(CFLAGS) -o $@ $< -lpthread -ldl -lm
+
 $(BUILD)/programs/%: tests/programs/%.cc
 	@mkdir -p $(@D)
 	$(CXX) -g -O2 -Wall -Wextra $(CXXFLAGS) -o $@ $< -lpthread

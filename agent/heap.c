@@ -263,7 +263,8 @@ static void note_null(void)
  * _Fork() one), records nothing: the ring and the live table are the
  * parent's, and a child that dies between reserve and commit would stall
  * the parent's ring for good. getpid() is a syscall: it is asked on
- * sampled paths and on tracked mappings only, never per malloc.
+ * sampled paths and in the mmap family (rare next to malloc), never per
+ * malloc or free.
  */
 static pid_t owner_pid; /* the process that records */
 
@@ -811,12 +812,48 @@ static int find_module_cb(struct dl_phdr_info *info, size_t size, void *arg)
 	return 0;
 }
 
-bool pa_heap_check_interposed(void)
+/*
+ * The malloc the program's calls bind to. dlsym(RTLD_DEFAULT) answers with
+ * the executable's symbol first, and a non-PIE executable that takes
+ * malloc's address has one without defining it: a canonical PLT entry
+ * (SHN_UNDEF with a value), which jumps to whatever the first definition
+ * in the search order is. Then that definition is looked up: the first
+ * loaded object (preloads in order, then the libraries) whose own symbol
+ * table defines malloc. NULL when it cannot tell.
+ */
+static void *bound_malloc(Dl_info *where)
 {
 	void *m = dlsym(RTLD_DEFAULT, "malloc");
+	const ElfW(Sym) *sym = NULL;
+	if (!m || !dladdr1(m, where, (void **)&sym, RTLD_DL_SYMENT))
+		return NULL;
+	if (!sym || sym->st_shndx != SHN_UNDEF)
+		return m;
+	for (struct link_map *l = _r_debug.r_map ? _r_debug.r_map->l_next : NULL;
+	     l; l = l->l_next) {
+		if (!l->l_name || !l->l_name[0])
+			continue;
+		void *h = dlopen(l->l_name, RTLD_LAZY | RTLD_NOLOAD);
+		if (!h)
+			continue;
+		/* dlsym on a handle searches its dependencies too: only a
+		 * definition inside this very object counts. */
+		void *d = dlsym(h, "malloc");
+		dlclose(h);
+		sym = NULL;
+		if (d && dladdr1(d, where, (void **)&sym, RTLD_DL_SYMENT) &&
+		    where->dli_fname && strcmp(where->dli_fname, l->l_name) == 0 &&
+		    sym && sym->st_shndx != SHN_UNDEF)
+			return d;
+	}
+	return NULL;
+}
+
+bool pa_heap_check_interposed(void)
+{
 	Dl_info self, other;
-	if (!m || !dladdr((void *)pa_heap_check_interposed, &self) ||
-	    !dladdr(m, &other))
+	void *m = bound_malloc(&other);
+	if (!m || !dladdr((void *)pa_heap_check_interposed, &self))
 		return true; /* cannot tell: assume the common case */
 	if (self.dli_fbase == other.dli_fbase)
 		return true;
