@@ -226,6 +226,26 @@ static char *file_prefix(const char *service)
 	return p;
 }
 
+static bool digits(const char **p, const char *end, size_t min, size_t max)
+{
+	size_t n = 0;
+	while (*p < end && **p >= '0' && **p <= '9' && n < max)
+		(*p)++, n++;
+	return n >= min;
+}
+
+/* What follows the service's prefix in one of its record names (n bytes):
+ * "<20-digit time>.<pid>.<20-digit seq>.zst". Anything else is another
+ * service's: "api." is also the start of "api.v2.<time>...". */
+static bool record_tail(const char *p, size_t n)
+{
+	const char *end = p + n;
+	return digits(&p, end, 20, 20) && p < end && *p++ == '.' &&
+	       digits(&p, end, 1, 10) && p < end && *p++ == '.' &&
+	       digits(&p, end, 20, 20) && (size_t)(end - p) == strlen(SUFFIX) &&
+	       memcmp(p, SUFFIX, strlen(SUFFIX)) == 0;
+}
+
 /* A process killed between writing a temporary file and renaming it
  * leaves ".<service>.*.tmp" behind; nothing else would ever remove it.
  * Only old ones: another live process of the service may be writing. */
@@ -242,7 +262,8 @@ static void remove_stale_temps(struct pa_spool *s)
 		size_t len = strlen(de->d_name);
 		if (len <= 1 + plen + 4 || de->d_name[0] != '.' ||
 		    strncmp(de->d_name + 1, s->prefix, plen) != 0 ||
-		    strcmp(de->d_name + len - 4, ".tmp") != 0)
+		    strcmp(de->d_name + len - 4, ".tmp") != 0 ||
+		    !record_tail(de->d_name + 1 + plen, len - 1 - plen - 4))
 			continue;
 		struct stat st;
 		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
@@ -339,7 +360,7 @@ static int scan(struct pa_spool *s, struct entry **out, off_t *total)
 	while ((de = readdir(d)) && n < MAX_FILES) {
 		size_t len = strlen(de->d_name);
 		if (len <= plen + slen || strncmp(de->d_name, s->prefix, plen) != 0 ||
-		    strcmp(de->d_name + len - slen, SUFFIX) != 0)
+		    !record_tail(de->d_name + plen, len - plen))
 			continue;
 		struct stat st;
 		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))

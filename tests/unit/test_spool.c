@@ -113,6 +113,28 @@ TEST(spool_replays_oldest_first_and_removes_delivered)
 	pa_spool_close(s);
 }
 
+/* "api." starts "api.v2.<time>...": one service never takes, replays or
+ * caps away another's files, whatever their names share. */
+TEST(spool_services_sharing_a_prefix_stay_apart)
+{
+	char *dir = temp_dir();
+	struct pa_spool *api, *v2;
+	CHECK_EQ_INT(pa_spool_open(&api, dir, "api", 64 << 20, 55 * MINUTE_NS),
+		     0);
+	CHECK_EQ_INT(pa_spool_open(&v2, dir, "api.v2", 64 << 20, 55 * MINUTE_NS),
+		     0);
+	struct pa_spool_record r = record(now_ns(), "mine"), got;
+	CHECK_EQ_INT(pa_spool_put(v2, &r), 0);
+	CHECK_EQ_INT(pa_spool_count(api), 0);
+	CHECK_EQ_INT(pa_spool_next(api, &got), -ENOENT);
+	CHECK_EQ_INT(pa_spool_count(v2), 1);
+	CHECK_EQ_INT(pa_spool_next(v2, &got), 0);
+	CHECK_EQ_STR(got.labels[0].value, "mine");
+	pa_spool_done(v2);
+	pa_spool_close(api);
+	pa_spool_close(v2);
+}
+
 TEST(spool_files_are_private_and_atomic)
 {
 	char *dir = temp_dir();
@@ -209,7 +231,7 @@ TEST(spool_skips_and_removes_corrupt_files)
 	const char *bad[] = {"garbage", "", "PYROSPL1\x10"};
 	for (int i = 0; i < 3; i++) {
 		char path[256];
-		snprintf(path, sizeof(path), "%s/svc.%020d.1.%d.zst", dir, i,
+		snprintf(path, sizeof(path), "%s/svc.%020d.1.%020d.zst", dir, i,
 			 i);
 		int fd = open(path, O_WRONLY | O_CREAT, 0600);
 		CHECK(fd >= 0);
@@ -289,9 +311,13 @@ TEST(spool_open_removes_stale_temporary_files_only)
 {
 	char *dir = temp_dir();
 	char stale[256], fresh[256], other[256];
-	snprintf(stale, sizeof(stale), "%s/.svc.1.1.1.zst.tmp", dir);
-	snprintf(fresh, sizeof(fresh), "%s/.svc.2.1.1.zst.tmp", dir);
-	snprintf(other, sizeof(other), "%s/.web.1.1.1.zst.tmp", dir);
+	/* As pa_spool_put names them: <service>.<time>.<pid>.<seq>.zst */
+#define REC(t) "%s/." t ".00000000000000000001.1.00000000000000000001.zst.tmp"
+	snprintf(stale, sizeof(stale), REC("svc"), dir);
+	snprintf(fresh, sizeof(fresh), REC("svc"), dir);
+	fresh[strlen(dir) + 6] = '2'; /* another time */
+	snprintf(other, sizeof(other), REC("svc.web"), dir);
+#undef REC
 	const char *paths[] = {stale, fresh, other};
 	for (int i = 0; i < 3; i++) {
 		int fd = open(paths[i], O_WRONLY | O_CREAT, 0600);
