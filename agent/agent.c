@@ -262,30 +262,6 @@ static void on_exit_flush(void)
 /* ---- load -------------------------------------------------------------------
  */
 
-/*
- * PYROAGENT_PROCESS_FILTER matches the program's name as it was invoked
- * (program_invocation_short_name: argv[0]'s basename) or the file that
- * runs (the basename of /proc/self/exe): "python3" selects a script run
- * as "python3 app.py", and a program started through a symlink or with a
- * rewritten argv[0] is still found by its file name.
- */
-static bool process_selected(const char *filter)
-{
-	if (pa_config_process_selected(filter, program_invocation_short_name))
-		return true;
-	char path[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-	if (n <= 0)
-		return false;
-	path[n] = 0;
-	static const char deleted[] = " (deleted)";
-	size_t dl = sizeof(deleted) - 1;
-	if ((size_t)n > dl && strcmp(path + n - dl, deleted) == 0)
-		path[n - dl] = 0;
-	const char *base = strrchr(path, '/');
-	return pa_config_process_selected(filter, base ? base + 1 : path);
-}
-
 __attribute__((constructor)) static void pa_agent_load(void)
 {
 	int saved = errno;
@@ -299,7 +275,7 @@ __attribute__((constructor)) static void pa_agent_load(void)
 		pa_debug("disabled by PYROAGENT_DISABLE");
 		goto out;
 	}
-	if (!process_selected(cfg->process_filter)) {
+	if (!pa_config_selects_self(cfg->process_filter)) {
 		pa_debug(
 		    "%s does not match PYROAGENT_PROCESS_FILTER: not profiling",
 		    program_invocation_short_name);

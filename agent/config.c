@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -1537,13 +1538,13 @@ static const char *default_name(struct loader *L)
 	const char *exe = program_invocation_short_name;
 	size_t n = exe ? strlen(exe) : 0;
 	if (n == 0)
-		return "unknown";
+		return PA_UNKNOWN_SERVICE;
 	bool cut = n > PA_LABEL_VALUE_MAX;
 	if (cut)
 		n = PA_LABEL_VALUE_MAX;
 	char *d = arena_alloc(L, n + 1);
 	if (!d)
-		return cut || text_check(exe, n, true) ? "unknown" : exe;
+		return cut || text_check(exe, n, true) ? PA_UNKNOWN_SERVICE : exe;
 	size_t o = 0;
 	const unsigned char *s = (const unsigned char *)exe;
 	for (size_t i = 0; i < n;) {
@@ -1783,6 +1784,30 @@ bool pa_config_process_selected(const char *filter, const char *exe)
 	}
 }
 
+/*
+ * PYROAGENT_PROCESS_FILTER matches the program's name as it was invoked
+ * (program_invocation_short_name: argv[0]'s basename) or the file that
+ * runs (the basename of /proc/self/exe): "python3" selects a script run
+ * as "python3 app.py", and a program started through a symlink or with a
+ * rewritten argv[0] is still found by its file name.
+ */
+bool pa_config_selects_self(const char *filter)
+{
+	if (pa_config_process_selected(filter, program_invocation_short_name))
+		return true;
+	char path[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+	if (n <= 0)
+		return false;
+	path[n] = 0;
+	static const char deleted[] = " (deleted)";
+	size_t dl = sizeof(deleted) - 1;
+	if ((size_t)n > dl && strcmp(path + n - dl, deleted) == 0)
+		path[n - dl] = 0;
+	const char *base = strrchr(path, '/');
+	return pa_config_process_selected(filter, base ? base + 1 : path);
+}
+
 /* A process that is disabled or filtered out stays silent: every child of
  * a profiled shell inherits LD_PRELOAD and these variables. */
 static bool will_be_quiet(void)
@@ -1795,7 +1820,7 @@ static bool will_be_quiet(void)
 	if (!f || !*f || strlen(f) > (size_t)vars[V_PROCESS_FILTER].max ||
 	    string_problem(&vars[V_PROCESS_FILTER], f, strlen(f)))
 		return false;
-	return !pa_config_process_selected(f, program_invocation_short_name);
+	return !pa_config_selects_self(f);
 }
 
 void pa_config_load(struct pa_config *cfg)

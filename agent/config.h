@@ -10,6 +10,8 @@
 #define PA_MAX_HEADERS     16
 #define PA_LABEL_NAME_MAX  1024 /* Pyroscope: name <= 1024 bytes */
 #define PA_LABEL_VALUE_MAX 2048 /* Pyroscope: value <= 2048 bytes */
+/* service_name when none can be made (OpenTelemetry's convention). */
+#define PA_UNKNOWN_SERVICE "unknown_service"
 /* Static labels a user may set: the agent adds __name__, service_name and
  * __delta__ to every series. */
 #define PA_MAX_USER_LABELS (PA_MAX_LABELS - 3)
@@ -65,6 +67,9 @@ void pa_config_free(struct pa_config *cfg); /* accepts NULL */
 /* PYROAGENT_PROCESS_FILTER semantics: true when filter is NULL or empty,
  * or one of its ','-separated entries (spaces trimmed) is exe or "*". */
 bool pa_config_process_selected(const char *filter, const char *exe);
+/* The same for this process, by either of its names: argv[0]'s basename
+ * or that of /proc/self/exe. The agent profiles, and warns, only then. */
+bool pa_config_selects_self(const char *filter);
 
 /* The parsers behind the table, for tests and fuzzers: any bytes in,
  * 0 or -EINVAL out (nothing written on error). Labels and headers are

@@ -24,7 +24,6 @@
 #define RETRY_AFTER_CAP_MS (10L * 60 * 1000)
 /* Labels considered per series before the cap (core + static + extra). */
 #define MAX_CANDIDATES	(3 + PA_MAX_LABELS + PA_MAX_LABELS)
-#define UNKNOWN_SERVICE "unknown_service"
 
 /*
  * Timeouts (push.h): connecting gets PA_PUSH_CONNECT_TIMEOUT_MS (5 s), the
@@ -276,8 +275,8 @@ static int series_labels(const struct pa_push *p, const char *name,
 			pa_log_once(PA_LOG_WARN,
 				    "the service name is not valid UTF-8 of at "
 				    "most %d bytes: using %s",
-				    PA_LABEL_VALUE_MAX, UNKNOWN_SERVICE);
-		service = UNKNOWN_SERVICE;
+				    PA_LABEL_VALUE_MAX, PA_UNKNOWN_SERVICE);
+		service = PA_UNKNOWN_SERVICE;
 	}
 	struct cand in[MAX_CANDIDATES];
 	int nin = 0;
@@ -905,11 +904,26 @@ static bool is_loopback(const char *url)
 	const char *at = memchr(h, '@', strcspn(h, "/?#"));
 	if (at)
 		h = at + 1;
-	static const char *const loop[] = {"localhost", "127.", "[::1]"};
-	for (size_t i = 0; i < sizeof(loop) / sizeof(loop[0]); i++)
-		if (strncasecmp(h, loop[i], strlen(loop[i])) == 0)
-			return true;
-	return false;
+	/* The host alone: up to the port, the path or the end, so that
+	 * "localhost.example.com" or "127.example.com" is not loopback. */
+	size_t n = strcspn(h, ":/?#");
+	if (h[0] == '[') {
+		const char *close = strchr(h, ']');
+		if (!close || (close[1] && !strchr(":/?#", close[1])))
+			return false; /* "[::1].example" */
+		n = (size_t)(close - h) + 1;
+	}
+	if (n == 9 && strncasecmp(h, "localhost", 9) == 0)
+		return true;
+	if (n == 5 && strncmp(h, "[::1]", 5) == 0)
+		return true;
+	if (n < 4 || n > 15 || strncmp(h, "127.", 4) != 0)
+		return false;
+	/* 127.a.b.c, digits and dots only */
+	for (size_t i = 4; i < n; i++)
+		if (!((h[i] >= '0' && h[i] <= '9') || h[i] == '.'))
+			return false;
+	return true;
 }
 
 static bool same_name(const char *a, const char *b)

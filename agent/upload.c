@@ -535,7 +535,7 @@ int pa_upload_start(const struct pa_config *cfg, void (*thread_init)(void))
 		const char *service =
 		    cfg->application_name && *cfg->application_name
 			? cfg->application_name
-			: "unknown_service";
+			: PA_UNKNOWN_SERVICE;
 		rc = pa_spool_open(&up.spool, cfg->spool_dir, service,
 				   cfg->spool_max > 0 ? cfg->spool_max
 						      : DEFAULT_SPOOL_MAX,

@@ -187,10 +187,14 @@ def test_process_filter_matches_invocation_name_or_executable(tmp_path):
         out = tmp_path / f"out{i}"
         out.mkdir()
         env = env_for(out, extra={"PYROAGENT_PROCESS_FILTER": filt,
-                                  "PYROSCOPE_LOG_LEVEL": "info"})
+                                  "PYROSCOPE_LOG_LEVEL": "info",
+                                  "PYROSCOPE_LABELS": "bad-name=1"})
         p = run([link, "_exit"], env, check=False)
         assert p.returncode == 5
         assert ("profiling" in p.stderr) == selected, (filt, p.stderr)
+        # a process that profiles, by either name, also says what was
+        # wrong with its settings; one that does not stays silent
+        assert ("PYROSCOPE_LABELS" in p.stderr) == selected, (filt, p.stderr)
 
 
 def test_itimer_never_reaches_an_exec_child(tmp_path):

@@ -1226,7 +1226,7 @@ TEST(config_default_name_is_sanitized)
 	pa_config_free(&c);
 	program_invocation_short_name = (char *)"";
 	load(&c);
-	CHECK_EQ_STR(c.application_name, "unknown");
+	CHECK_EQ_STR(c.application_name, "unknown_service");
 	pa_config_free(&c);
 	program_invocation_short_name = saved;
 }

@@ -839,6 +839,41 @@ TEST(push_abort_stops_a_send_in_flight)
 	pa_push_free(p);
 }
 
+/* Credentials over plain http warn unless the host is loopback itself,
+ * not a name that merely starts like one. */
+TEST(push_plain_http_warning_knows_loopback_hosts)
+{
+	static const struct {
+		const char *url;
+		int warns;
+	} cases[] = {
+	    {"http://localhost:4040", 0},
+	    {"http://LOCALHOST", 0},
+	    {"http://127.0.0.1:4040/prefix", 0},
+	    {"http://127.1.2.3", 0},
+	    {"http://[::1]:4040", 0},
+	    {"http://localhost.example.com:4040", 1},
+	    {"http://127.example.com", 1},
+	    {"http://127.0.0.1.nip.io", 1},
+	    {"http://[::1].example", 1},
+	    {"http://pyroscope:4040", 1},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct pa_config cfg;
+		base_cfg(&cfg, 1);
+		cfg.server_address = cases[i].url;
+		cfg.auth_token = "tok-123456";
+		struct pa_push *p;
+		capture_start();
+		CHECK_EQ_INT(pa_push_new(&p, &cfg), 0);
+		char *log = capture_end();
+		if ((strstr(log, "plain http") != NULL) != cases[i].warns)
+			FAIL("%s: plain-http warning %s", cases[i].url,
+			     cases[i].warns ? "missing" : "wrongly given");
+		pa_push_free(p);
+	}
+}
+
 TEST(push_new_warns_about_insecure_settings)
 {
 	struct pa_config cfg;
