@@ -13,6 +13,7 @@
 #include "cpu.h"
 #include "export.h"
 #include "filesink.h"
+#include "heap.h"
 #include "memprof.h"
 #include "log.h"
 #include "modules.h"
@@ -163,10 +164,25 @@ static void deliver(struct exporter *e, struct pa_pprof *p, const char *name,
 		free(gz);
 }
 
+/* CPU samples lost since the process (or forked child) started: the ring
+ * counts every record it refused, heap samples and mapping events too,
+ * which the memory profile reports itself. */
+static uint64_t cpu_drops(void)
+{
+	uint64_t ring = pa_ring_dropped(pa_agent.ring);
+	uint64_t heap = __atomic_load_n(&pa_heap.stats.ring_full_alloc, __ATOMIC_RELAXED) +
+			__atomic_load_n(&pa_heap.stats.ring_full_mmap, __ATOMIC_RELAXED) +
+			__atomic_load_n(&pa_heap.stats.ring_full_unmap, __ATOMIC_RELAXED);
+	/* Read at slightly different moments: never below zero. */
+	return (ring > heap ? ring - heap : 0) +
+	       __atomic_load_n(&pa_agent.drops_busy, __ATOMIC_RELAXED);
+}
+
 static void add_drop_comment(struct exporter *e)
 {
-	uint64_t drops = pa_ring_dropped(pa_agent.ring) +
-			 __atomic_load_n(&pa_agent.drops_busy, __ATOMIC_RELAXED);
+	uint64_t drops = cpu_drops();
+	if (drops < e->reported_drops)
+		e->reported_drops = drops; /* the heap counts overtook a read */
 	if (drops == e->reported_drops && !e->unwind_failures)
 		return;
 	char text[160];

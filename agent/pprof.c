@@ -579,6 +579,7 @@ static char *utf8_repair(const char *str, size_t len)
 struct emap {
 	struct pa_module *mod;
 	uint32_t file, build; /* global string ids */
+	int named;	      /* a symbol named one of its addresses */
 };
 
 struct efunc {
@@ -832,7 +833,7 @@ static int64_t mapping_of(struct enc *e, int mi, struct pa_module *m)
 			return build;
 	}
 	uint32_t k = e->nmaps++;
-	e->maps[k] = (struct emap){m, (uint32_t)file, (uint32_t)build};
+	e->maps[k] = (struct emap){m, (uint32_t)file, (uint32_t)build, 0};
 	e->mod_map[mi] = (int32_t)k;
 	return k;
 }
@@ -861,6 +862,8 @@ static int symbolize(struct enc *e, uint32_t g)
 			}
 		}
 	}
+	if (map >= 0 && name && name[0])
+		e->maps[map].named = 1;
 	int64_t s = intern_name(e, name && name[0] ? name : UNKNOWN_NAME);
 	if (s < 0)
 		return (int)s;
@@ -1227,8 +1230,10 @@ static void build(struct enc *e, uint32_t nfold, int64_t fold_str)
 		mp->file_offset = m->mod->exec_offset;
 		mp->filename = use_str(e, m->file);
 		mp->build_id = use_str(e, m->build);
-		/* Named here: the server's symbolizer leaves it alone. */
-		mp->has_functions = 1;
+		/* Named here: the server's symbolizer leaves it alone. A
+		 * module we found no symbol in (stripped, no debug file) is
+		 * left to it: it may know the build ID. */
+		mp->has_functions = m->named;
 		e->mpp[i] = mp;
 	}
 	pr->n_mapping = e->nmap_used;

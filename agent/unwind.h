@@ -28,7 +28,8 @@ void pa_unwind_free(struct pa_unwind *u); /* accepts NULL */
 /* Unwinds a captured sample into pcs[0..return), leaf first, at most max.
  * pcs[0] is the leaf; return addresses are already moved back by one so
  * every address points into its calling instruction; frames inside the
- * agent are removed from the top. Returns the count (>= 1 when the leaf
+ * agent are removed wherever they stand (hooks at the top, the thread
+ * trampoline in the middle). Returns the count (>= 1 when the leaf
  * is known) or a negative errno. Agent thread only. */
 int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 		     uint64_t *pcs, int max);

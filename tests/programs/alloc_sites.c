@@ -36,8 +36,8 @@ static struct truth *site(const char *name)
 }
 
 /* About 100 expected samples per 10 ms (a block of n bytes is sampled
- * with probability 1 - e^(-n/rate)): the agent drains its 512-slot buffer
- * every 20 ms, so it never overflows, even with the agent thread held up
+ * with probability 1 - e^(-n/rate)): the agent drains its sample buffer
+ * every few milliseconds under load, so it never overflows, even with the agent thread held up
  * for 50 ms. */
 static void pace(long bytes)
 {
