@@ -309,3 +309,39 @@ def test_unusable_spool_dir_falls_back_to_memory(tmp_path, receiver):
     assert re.search(r"PYROAGENT_SPOOL_DIR=\S+ is not usable", p.stderr), p.stderr
     assert_once_in_order(received(rec), produced(tmp_path / "out"))
     assert not list(spool.iterdir())
+
+
+# --- TLS: a real handshake --------------------------------------------------------
+@pytest.fixture
+def tls_receiver(tmp_path):
+    """A receiver over https with a self-signed certificate for 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    rec = Receiver()
+    rec.start(tmp_path / "rec", tls=(str(cert), str(key)))
+    yield rec, cert
+    rec.stop()
+
+
+@pytest.mark.parametrize("how", ["verified", "unknown_ca", "insecure"])
+def test_https_verifies_the_server(tmp_path, tls_receiver, how):
+    """Verification is on by default: a certificate from an unknown CA is
+    refused (nothing is sent, one line says why); PYROAGENT_CA_FILE makes
+    it known; PYROAGENT_TLS_INSECURE sends anyway and says so."""
+    rec, cert = tls_receiver
+    assert rec.url.startswith("https://")
+    extra = {"PYROAGENT_EXIT_TIMEOUT": "2s", "PYROSCOPE_LOG_LEVEL": "info"}
+    if how == "verified":
+        extra["PYROAGENT_CA_FILE"] = str(cert)
+    elif how == "insecure":
+        extra["PYROAGENT_TLS_INSECURE"] = "true"
+    p, _, _ = run_work(1.0, delivery_env(tmp_path / "out", rec.url, extra=extra))
+    got = received(rec)
+    if how == "unknown_ca":
+        assert got == [], got
+        assert re.search(r"certificate|SSL", p.stderr), p.stderr
+    else:
+        assert got and got == produced(tmp_path / "out"), (got, p.stderr)
+    assert ("TLS verification is OFF" in p.stderr) == (how == "insecure"), p.stderr

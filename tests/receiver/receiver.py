@@ -828,6 +828,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self):
         self.timeout = self.server.receiver.idle_timeout
+        if hasattr(self.request, "do_handshake"):  # https: a client that
+            self.request.settimeout(10)            # fails it is dropped here
+            self.request.do_handshake()
         super().setup()
         self.server.receiver._track(self.connection, True)
 
@@ -990,8 +993,9 @@ class Receiver:
         self.port = None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, directory, port=0, host="127.0.0.1"):
-        """Binds host:port (0 = a free port) and serves on a thread."""
+    def start(self, directory, port=0, host="127.0.0.1", tls=None):
+        """Binds host:port (0 = a free port) and serves on a thread; with
+        tls=(certfile, keyfile), over https."""
         self.dir = pathlib.Path(directory)
         (self.dir / "profiles").mkdir(parents=True, exist_ok=True)
         self._log = open(self.dir / "requests.jsonl", "a", encoding="utf-8")
@@ -999,6 +1003,14 @@ class Receiver:
         self._server.receiver = self
         self.port = self._server.server_address[1]
         self.url = f"http://{host}:{self.port}"
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            # The handshake happens in the handler thread, not in accept.
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+            self.url = f"https://{host}:{self.port}"
         if self._down_for_at_start is not None:
             self.set_mode(down_for=self._down_for_at_start)
         self._thread = threading.Thread(target=self._server.serve_forever,
