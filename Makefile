@@ -15,6 +15,8 @@ PA_CFLAGS := -std=gnu11 -D_GNU_SOURCE -g -O2 -fPIC -fvisibility=hidden \
             -MMD -MP -I$(GEN) -Iagent
 SAN      ?=
 CFLAGS   ?=
+# Compile jobs for the builds the test and sanitizer targets start.
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 LDFLAGS  ?=
 
 AGENT_LIBS := -lunwind-x86_64 -lunwind -lprotobuf-c -lcurl -lzstd -lz -lpthread -ldl -lrt -lm
@@ -132,7 +134,7 @@ $(BUILD)/bench/passthrough.so: tests/bench/passthrough.c
 
 # --- tests -------------------------------------------------------------------
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory fuzz-replay
 	@$(MAKE) --no-print-directory integration
@@ -162,15 +164,15 @@ ASAN_BUILD  ?= build-asan
 UBSAN_BUILD ?= build-ubsan
 TSAN_BUILD  ?= build-tsan
 asan:
-	$(MAKE) BUILD=$(ASAN_BUILD) SAN="-fsanitize=address -fno-omit-frame-pointer" \
-	    $(ASAN_BUILD)/unit-tests $(ASAN_BUILD)/aggregator
+	$(MAKE) -j$(JOBS) BUILD=$(ASAN_BUILD) SAN="-fsanitize=address -fno-omit-frame-pointer" \
+	    $(ASAN_BUILD)/unit-tests $(ASAN_BUILD)/aggregator $(FUZZ_NAMES:%=$(ASAN_BUILD)/fuzz/replay-%)
 	ASAN_OPTIONS=detect_leaks=1 $(ASAN_BUILD)/unit-tests
 	ASAN_OPTIONS=detect_leaks=1 $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
 	    SAN="-fsanitize=address -fno-omit-frame-pointer" fuzz-replay
 
 ubsan:
-	$(MAKE) BUILD=$(UBSAN_BUILD) SAN="-fsanitize=undefined -fno-sanitize-recover=all" \
-	    $(UBSAN_BUILD)/unit-tests $(UBSAN_BUILD)/aggregator
+	$(MAKE) -j$(JOBS) BUILD=$(UBSAN_BUILD) SAN="-fsanitize=undefined -fno-sanitize-recover=all" \
+	    $(UBSAN_BUILD)/unit-tests $(UBSAN_BUILD)/aggregator $(FUZZ_NAMES:%=$(UBSAN_BUILD)/fuzz/replay-%)
 	$(UBSAN_BUILD)/unit-tests
 	UBSAN_OPTIONS=print_stacktrace=1 $(MAKE) --no-print-directory BUILD=$(UBSAN_BUILD) \
 	    SAN="-fsanitize=undefined -fno-sanitize-recover=all" fuzz-replay
@@ -193,13 +195,13 @@ TEST_NAME_SED := 's/^TEST\(_TIMEOUT\)\{0,1\}(\([a-z0-9_]*\).*/\2/p'
 TSAN_TESTS ?= $(filter-out $(TSAN_SKIP),\
               $(shell sed -n $(TEST_NAME_SED) tests/unit/*.c))
 tsan:
-	$(MAKE) BUILD=$(TSAN_BUILD) SAN="-fsanitize=thread" $(TSAN_BUILD)/unit-tests
+	$(MAKE) -j$(JOBS) BUILD=$(TSAN_BUILD) SAN="-fsanitize=thread" $(TSAN_BUILD)/unit-tests
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
 	    $(TSAN_BUILD)/unit-tests $(TSAN_TESTS)
 
-# make test runs these (not tsan: make test stays under 10 minutes on two
-# cores); make check-sanitizers runs all four.
-TEST_SANITIZERS ?= asan ubsan asan-integration
+# make test runs all four (under 10 minutes on two cores with the builds
+# in parallel); make check-sanitizers runs them alone.
+TEST_SANITIZERS ?= asan ubsan asan-integration tsan
 check-sanitizers:
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory ubsan

@@ -36,7 +36,7 @@ static void sleep_ms(int ms)
 struct holder {
 	int hold_ms;  /* inside the gate for this long */
 	int pause_ms; /* then "in poll" (paused) for this long */
-	volatile int inside;
+	int inside; /* atomic: read by the test's thread */
 	volatile int resumed_at_ms;
 };
 
@@ -44,7 +44,7 @@ static void *gate_holder(void *arg)
 {
 	struct holder *h = arg;
 	pa_gate_enter();
-	h->inside = 1;
+	__atomic_store_n(&h->inside, 1, __ATOMIC_RELEASE);
 	sleep_ms(h->hold_ms);
 	if (h->pause_ms) {
 		pa_gate_pause();
@@ -54,13 +54,13 @@ static void *gate_holder(void *arg)
 		h->resumed_at_ms = (int)((mono() - t0) * 1000);
 	}
 	pa_gate_leave();
-	h->inside = 0;
+	__atomic_store_n(&h->inside, 0, __ATOMIC_RELEASE);
 	return NULL;
 }
 
 static void wait_inside(struct holder *h)
 {
-	while (!h->inside)
+	while (!__atomic_load_n(&h->inside, __ATOMIC_ACQUIRE))
 		sleep_ms(1);
 }
 
@@ -97,7 +97,8 @@ TEST(thread_gate_fork_waits_for_a_short_stay)
 	wait_inside(&h);
 	/* Within the bound: the fork waits until the agent thread left. */
 	CHECK_EQ_INT(pa_gate_fork_prepare(), 1);
-	CHECK(!h.inside || pa_self.gate_depth == 0);
+	CHECK(!__atomic_load_n(&h.inside, __ATOMIC_ACQUIRE) ||
+	      pa_self.gate_depth == 0);
 	pa_gate_fork_parent();
 	pthread_join(t, NULL);
 }
