@@ -263,13 +263,24 @@ static void note_null(void)
  * _Fork() one), records nothing: the ring and the live table are the
  * parent's, and a child that dies between reserve and commit would stall
  * the parent's ring for good. getpid() is a syscall: it is asked on
- * sampled paths and in the mmap family (rare next to malloc), never per
- * malloc or free.
+ * sampled paths and in the mmap family, and only once such a child may
+ * exist (pa_heap_shared_vm). posix_spawn's child, cloned by glibc
+ * internally, never reaches a hook before its exec. A child of fork()
+ * without atfork handlers (_Fork) has memory of its own: what it records
+ * stays there.
  */
 static pid_t owner_pid; /* the process that records */
 
+#if defined(__x86_64__)
+int pa_heap_shared_vm; /* set by preload.c's vfork and clone */
+#else
+int pa_heap_shared_vm = 1; /* no vfork trampoline here: always ask */
+#endif
+
 static bool foreign_process(void)
 {
+	if (!__atomic_load_n(&pa_heap_shared_vm, __ATOMIC_RELAXED))
+		return false;
 	return getpid() != __atomic_load_n(&owner_pid, __ATOMIC_RELAXED);
 }
 

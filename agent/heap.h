@@ -66,7 +66,6 @@ struct pa_heap {
 	int64_t rate; /* mean bytes between samples; 0 = off */
 	double rate_d;
 	int configured; /* pa_heap_start ran: countdowns are real draws */
-	uint32_t seq;	/* last sample id */
 	/* Tracked anonymous regions (in the agent's table or in flight):
 	 * munmap/mremap send events only while this is > 0. */
 	int64_t regions;
@@ -78,6 +77,9 @@ struct pa_heap {
 	 * program's mappings, and would count its blocks twice (PITFALLS 7). */
 	uint64_t foreign_lo, foreign_hi;
 	struct pa_heap_stats stats;
+	/* Last sample id: every sample on every thread increments it, so it
+	 * has a cache line of its own, away from what the hooks read. */
+	uint32_t seq __attribute__((aligned(64)));
 } __attribute__((aligned(64)));
 
 extern struct pa_heap pa_heap PA_HIDDEN;
@@ -115,6 +117,18 @@ int pa_heap_start(const struct pa_config *cfg, struct pa_ring *ring,
  * the one that records: a vfork()/posix_spawn() child, which shares the
  * memory but runs no atfork handler, records nothing. */
 void pa_heap_atfork_child(struct pa_ring *ring);
+
+/* Nonzero once the process may have a child that shares its memory
+ * without having run the atfork handlers: vfork(), clone(CLONE_VM) without
+ * CLONE_THREAD (preload.c sets it just before). Only then do sampled paths
+ * ask getpid() whether this is still the recording process: a system call
+ * costs a microsecond or more on some VMs, and the allocation worst case
+ * samples a hundred thousand times a second. */
+extern int pa_heap_shared_vm PA_HIDDEN;
+static inline void pa_heap_note_shared_vm(void)
+{
+	__atomic_store_n(&pa_heap_shared_vm, 1, __ATOMIC_RELAXED);
+}
 
 /* Logs one line if malloc is not ours (PITFALLS 7): an executable with its
  * own static allocator, or an allocator preloaded before the agent. Returns

@@ -5,6 +5,7 @@
 #include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -185,8 +186,6 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 			      __builtin_return_address(0));
 }
 
-/* ---- signals: SIGPROF is shared with the host (cpu.c) -------------------- */
-
 /* The next definition of name (libc's), looked up once and kept in
  * *cache; NULL with errno ENOSYS when there is none. */
 static void *next_fn(const char *name, void **cache)
@@ -200,6 +199,49 @@ static void *next_fn(const char *name, void **cache)
 		errno = ENOSYS;
 	return fn;
 }
+
+/* ---- children that share our memory: vfork, clone(CLONE_VM) ------------- */
+
+/* A vfork child runs on its parent's memory and thread state and runs no
+ * atfork handler: it must not record into the parent's buffers (heap.c
+ * asks getpid() once such a child may exist). vfork returns twice through
+ * its caller's frame, so no C function may stand between: the flag is set
+ * and the jump goes to libc's __vfork, which returns to our caller. */
+#if defined(__x86_64__)
+__asm__(".text\n"
+	".globl vfork\n"
+	".type vfork, @function\n"
+	"vfork:\n"
+	"\tmovl $1, pa_heap_shared_vm(%rip)\n"
+	"\tjmp __vfork@PLT\n"
+	".size vfork, .-vfork\n");
+#endif
+
+typedef int (*clone_fn)(int (*)(void *), void *, int, void *, ...);
+static void *clone_cache;
+
+/* The child starts on its own stack in libc's clone and never returns
+ * through this frame: an ordinary wrapper is safe. */
+EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
+{
+	va_list ap;
+	va_start(ap, arg);
+	pid_t *ptid = va_arg(ap, pid_t *);
+	void *tls = va_arg(ap, void *);
+	pid_t *ctid = va_arg(ap, pid_t *);
+	va_end(ap);
+	if ((flags & CLONE_VM) && !(flags & CLONE_THREAD))
+		pa_heap_note_shared_vm();
+	void *p = next_fn("clone", &clone_cache);
+	if (!p)
+		return -1;
+	clone_fn real;
+	memcpy(&real, &p, sizeof(real));
+	return real(fn, stack, flags, arg, ptid, tls, ctid);
+}
+
+/* ---- signals: SIGPROF is shared with the host (cpu.c) -------------------- */
+
 
 
 /* Any other signal goes straight to libc. glibc's signal(), sigset() and
@@ -606,6 +648,7 @@ __attribute__((constructor)) static void preload_resolve(void)
 	    {"fexecve", &fexecve_cache},   {"execveat", &execveat_cache},
 	    {"posix_spawn", &spawn_cache}, {"posix_spawnp", &spawnp_cache},
 	    {"popen", &popen_cache},	   {"poll", &poll_cache},
+	    {"clone", &clone_cache},
 	};
 	for (size_t i = 0; i < sizeof(execs) / sizeof(execs[0]); i++)
 		next_fn(execs[i].name, execs[i].cache);

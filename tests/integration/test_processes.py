@@ -286,6 +286,10 @@ def test_vfork_and_posix_spawn(tmp_path):
     assert set(by_pid(tmp_path, "cpu")) == set(by_pid(tmp_path, "memory"))
     assert len(by_pid(tmp_path, "cpu")) == 1
     assert "spawn_side_work" in function_names(profile_files(tmp_path, "memory"))
+    # The vfork children's own 1 MiB blocks (allocated in main, before
+    # exec, on the parent's memory) were never recorded as the parent's.
+    stacks = traces(profile_files(tmp_path, "memory"), "alloc_space")
+    assert not [s for s in stacks if s and s[0] == "main"], stacks[:5]
 
 
 # ---- 10. EINTR -------------------------------------------------------------------------

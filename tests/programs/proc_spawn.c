@@ -65,8 +65,11 @@ int main(int argc, char **argv)
 		pid = vfork();
 		if (pid == 0) {
 			if (i % 4 == 0) {
-				/* Large enough to reach the sampled path. */
-				void *p = malloc(1 << 20);
+				/* Large enough to reach the sampled path;
+				 * volatile, or gcc drops the pair. */
+				char *volatile p = malloc(1 << 20);
+				if (p)
+					p[0] = 1;
 				free(p);
 			}
 			execve("/bin/true", args, no_env);

@@ -240,6 +240,8 @@ TEST(heap_vfork_child_records_nothing)
 	struct pa_ring *ring = fork_heap_setup();
 	ring_count(ring);
 	int before_busy = pa_self.busy;
+	/* What preload.c's vfork does first (unit tests call libc's). */
+	pa_heap_note_shared_vm();
 	pid_t pid = vfork();
 	if (pid == 0) {
 		/* Shares the parent's memory and runs no atfork handler. */
