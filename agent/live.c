@@ -143,7 +143,6 @@ int pa_live_insert(struct pa_live *t, const struct pa_live_entry *e)
 						 __ATOMIC_RELAXED))
 			continue;
 		filter_add(t, addr, 1);
-		__atomic_add_fetch(&t->count, 1, __ATOMIC_RELAXED);
 		fill(s, e);
 		return 0;
 	}
@@ -177,7 +176,6 @@ int pa_live_remove(struct pa_live *t, const void *p, struct pa_live_entry *out)
 			out->stack = (uint32_t)tag;
 		}
 		filter_add(t, addr, -1);
-		__atomic_sub_fetch(&t->count, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&s->addr, 0, __ATOMIC_RELEASE);
 		return 1;
 	}

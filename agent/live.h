@@ -34,8 +34,10 @@ struct pa_live {
 	uint64_t mask;	      /* slots - 1 */
 	struct pa_live_slot *slots;
 	size_t map_len;	   /* bytes mapped for slots + filter */
-	uint64_t overflow; /* inserts that found no free slot */
-	uint64_t count;	   /* entries (approximate while hooks run) */
+	/* Inserts that found no free slot. Written only then: a counter
+	 * every insert and remove updated here would bounce the cache line
+	 * the hooks read the fields above from between the cores. */
+	uint64_t overflow;
 };
 
 /* Maps a table of nslots (a power of two >= PA_LIVE_WINDOW) with mmap:
