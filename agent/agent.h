@@ -1,4 +1,5 @@
-/* The agent's process-wide state, shared by the hot path and the agent thread. */
+/* The agent's process-wide state, shared by the hot path and the agent thread.
+ */
 #ifndef PA_AGENT_H
 #define PA_AGENT_H
 
@@ -11,18 +12,20 @@
 #include "ring.h"
 
 enum pa_state {
-	PA_STATE_OFF = 0,   /* not loaded yet, disabled, or filtered out: hooks forward only */
-	PA_STATE_RUNNING,   /* sampling */
-	PA_STATE_STOPPING,  /* exit flush under way: no new samples */
+	PA_STATE_OFF = 0,  /* not loaded yet, disabled, or filtered out: hooks
+			      forward only */
+	PA_STATE_RUNNING,  /* sampling */
+	PA_STATE_STOPPING, /* exit flush under way: no new samples */
 };
 
 struct pa_agent {
-	int state;           /* enum pa_state; read with relaxed atomics on the hot path */
-	pid_t pid;           /* the process the agent was started in (fork changes it) */
+	int state; /* enum pa_state; read with relaxed atomics on the hot path
+		    */
+	pid_t pid; /* the process the agent was started in (fork changes it) */
 	struct pa_config cfg;
 	struct pa_ring *ring;
 	/* Drops counted on the hot path, reported by the exporter. */
-	uint64_t drops_busy;    /* sample while agent code ran on the thread */
+	uint64_t drops_busy;	/* sample while agent code ran on the thread */
 	uint64_t drops_capture; /* stack copy failed */
 	/* The agent's own threads, never sampled: the exporter, the
 	 * uploader, threads they start (libcurl's resolver). */
@@ -33,7 +36,8 @@ extern struct pa_agent pa_agent;
 
 static inline bool pa_agent_running(void)
 {
-	return __atomic_load_n(&pa_agent.state, __ATOMIC_RELAXED) == PA_STATE_RUNNING;
+	return __atomic_load_n(&pa_agent.state, __ATOMIC_RELAXED) ==
+	       PA_STATE_RUNNING;
 }
 
 /* True for the agent's own threads (exporter, uploader). */

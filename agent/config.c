@@ -1544,7 +1544,8 @@ static const char *default_name(struct loader *L)
 		n = PA_LABEL_VALUE_MAX;
 	char *d = arena_alloc(L, n + 1);
 	if (!d)
-		return cut || text_check(exe, n, true) ? PA_UNKNOWN_SERVICE : exe;
+		return cut || text_check(exe, n, true) ? PA_UNKNOWN_SERVICE
+						       : exe;
 	size_t o = 0;
 	const unsigned char *s = (const unsigned char *)exe;
 	for (size_t i = 0; i < n;) {

@@ -1,4 +1,5 @@
-/* The environment table: every setting, read once at load into a const struct. */
+/* The environment table: every setting, read once at load into a const struct.
+ */
 #ifndef PA_CONFIG_H
 #define PA_CONFIG_H
 
@@ -6,8 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PA_MAX_LABELS      30   /* Pyroscope's series label limit */
-#define PA_MAX_HEADERS     16
+#define PA_MAX_LABELS	   30 /* Pyroscope's series label limit */
+#define PA_MAX_HEADERS	   16
 #define PA_LABEL_NAME_MAX  1024 /* Pyroscope: name <= 1024 bytes */
 #define PA_LABEL_VALUE_MAX 2048 /* Pyroscope: value <= 2048 bytes */
 /* service_name when none can be made (OpenTelemetry's convention). */
@@ -45,15 +46,17 @@ struct pa_config {
 	 * is not: files only, no network. */
 	bool upload;
 	/* Later issues (defaults in README): */
-	const char *process_filter;  /* PYROAGENT_PROCESS_FILTER: exe names, ',' separated; NULL = all */
-	int64_t memory_limit;        /* PYROAGENT_MEMORY_LIMIT bytes; 0 = detect */
-	int oom_guard_pct;           /* PYROAGENT_OOM_GUARD, default 90; 0 = off */
-	int64_t exit_timeout_ns;     /* PYROAGENT_EXIT_TIMEOUT, default 2s */
-	const char *ca_file;         /* PYROAGENT_CA_FILE */
-	bool tls_insecure;           /* PYROAGENT_TLS_INSECURE=1: no verification (logged) */
-	const char *spool_dir;       /* PYROAGENT_SPOOL_DIR; NULL = no spool */
-	int64_t spool_max;           /* PYROAGENT_SPOOL_MAX bytes, default 64m */
-	int64_t spool_max_age_ns;    /* PYROAGENT_SPOOL_MAX_AGE, default 55m */
+	const char *process_filter; /* PYROAGENT_PROCESS_FILTER: exe names, ','
+				       separated; NULL = all */
+	int64_t memory_limit;	 /* PYROAGENT_MEMORY_LIMIT bytes; 0 = detect */
+	int oom_guard_pct;	 /* PYROAGENT_OOM_GUARD, default 90; 0 = off */
+	int64_t exit_timeout_ns; /* PYROAGENT_EXIT_TIMEOUT, default 2s */
+	const char *ca_file;	 /* PYROAGENT_CA_FILE */
+	bool tls_insecure; /* PYROAGENT_TLS_INSECURE=1: no verification (logged)
+			    */
+	const char *spool_dir;	  /* PYROAGENT_SPOOL_DIR; NULL = no spool */
+	int64_t spool_max;	  /* PYROAGENT_SPOOL_MAX bytes, default 64m */
+	int64_t spool_max_age_ns; /* PYROAGENT_SPOOL_MAX_AGE, default 55m */
 	void *arena; /* owned: backs the strings above; see pa_config_free */
 };
 
@@ -77,15 +80,18 @@ bool pa_config_selects_self(const char *filter);
  * not an error: the last value wins); the loader instead skips bad pairs
  * one by one with a warning each. They need bufsize >= strlen(s) + 1 at
  * most; max above 64 counts as 64. */
-int pa_config_parse_duration(const char *s, int64_t *ns); /* 10ms, 1.5s, 1m, 250us, bare number = seconds */
-int pa_config_parse_size(const char *s, int64_t *bytes);  /* 512k, 4m, 1g, 123 */
-int pa_config_parse_bool(const char *s, bool *out);       /* true/false/1/0/yes/no/on/off */
+int pa_config_parse_duration(
+    const char *s,
+    int64_t *ns); /* 10ms, 1.5s, 1m, 250us, bare number = seconds */
+int pa_config_parse_size(const char *s, int64_t *bytes); /* 512k, 4m, 1g, 123 */
+int pa_config_parse_bool(const char *s,
+			 bool *out); /* true/false/1/0/yes/no/on/off */
 /* "k=v,k2=v2" into labels (name/value strings written into buf). */
 int pa_config_parse_labels(const char *s, struct pa_label *out, int max, int *n,
 			   char *buf, size_t bufsize);
 /* A flat JSON object of strings {"k":"v",...} into headers. */
-int pa_config_parse_headers(const char *s, struct pa_label *out, int max, int *n,
-			    char *buf, size_t bufsize);
+int pa_config_parse_headers(const char *s, struct pa_label *out, int max,
+			    int *n, char *buf, size_t bufsize);
 /* A Pyroscope label name: [a-zA-Z_.][a-zA-Z0-9_.]*, at most
  * PA_LABEL_NAME_MAX bytes, and not reserved: names starting with "__"
  * (__name__, __delta__...) and "service_name" are the agent's. */

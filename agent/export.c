@@ -14,8 +14,8 @@
 #include "export.h"
 #include "filesink.h"
 #include "heap.h"
-#include "memprof.h"
 #include "log.h"
+#include "memprof.h"
 #include "modules.h"
 #include "oom.h"
 #include "pprof.h"
@@ -24,34 +24,34 @@
 #include "unwind.h"
 #include "upload.h"
 
-#define MAX_FRAMES       256
+#define MAX_FRAMES 256
 /* The drain's pace: every 20 ms when samples trickle in; every 2 ms after
  * a drain that found DRAIN_BUSY or more (heap sampling can bring tens of
  * thousands a second: the ring must not fill between two drains); at once
  * after one that stopped at its budget. */
-#define DRAIN_PERIOD_NS  (20 * 1000000LL)
-#define DRAIN_BUSY_NS    (2 * 1000000LL)
-#define DRAIN_BUSY       64
-#define DRAIN_BUDGET     8192
+#define DRAIN_PERIOD_NS	 (20 * 1000000LL)
+#define DRAIN_BUSY_NS	 (2 * 1000000LL)
+#define DRAIN_BUSY	 64
+#define DRAIN_BUDGET	 8192
 #define RESCAN_PERIOD_NS (1000 * 1000000LL)
 /* A forked child's exporter waits this long before its start: most
  * children exec or exit first, and cost no more than a thread. */
-#define CHILD_DELAY_NS   (100 * 1000000LL)
+#define CHILD_DELAY_NS (100 * 1000000LL)
 /* Pyroscope's limits: 16000 samples; one profile past ~2 MiB
  * uncompressed is always answered 429. */
-#define MAX_SAMPLES      15000
-#define MAX_BYTES        (1800 * 1024)
-#define MAX_STACKS       50000
+#define MAX_SAMPLES 15000
+#define MAX_BYTES   (1800 * 1024)
+#define MAX_STACKS  50000
 
 static const struct pa_pprof_type cpu_types[] = {
-	{"samples", "count"},
-	{"cpu", "nanoseconds"},
+    {"samples", "count"},
+    {"cpu", "nanoseconds"},
 };
 static const struct pa_pprof_type mem_types[] = {
-	{"alloc_objects", "count"},
-	{"alloc_space", "bytes"},
-	{"inuse_objects", "count"},
-	{"inuse_space", "bytes"},
+    {"alloc_objects", "count"},
+    {"alloc_space", "bytes"},
+    {"inuse_objects", "count"},
+    {"inuse_space", "bytes"},
 };
 
 struct exporter {
@@ -110,7 +110,8 @@ static int drain(struct exporter *e)
 	struct pa_sample *s;
 	int budget = DRAIN_BUDGET;
 	for (; budget > 0 && (s = pa_ring_next(pa_agent.ring)); budget--) {
-		if (s->kind == PA_SAMPLE_MUNMAP || s->kind == PA_SAMPLE_MREMAP) {
+		if (s->kind == PA_SAMPLE_MUNMAP ||
+		    s->kind == PA_SAMPLE_MREMAP) {
 			/* Mapping events carry no stack; every one must reach
 			 * the region table, in order. */
 			if (e->heap)
@@ -121,9 +122,11 @@ static int drain(struct exporter *e)
 		int n = pa_unwind_sample(e->uw, s, e->pcs, MAX_FRAMES);
 		if (s->kind != PA_SAMPLE_CPU) {
 			/* Even without a stack: live entries and mappings need
-			 * their sample consumed (memprof counts the failure). */
+			 * their sample consumed (memprof counts the failure).
+			 */
 			if (e->heap)
-				pa_memprof_consume(e->heap, s, e->pcs, n > 0 ? n : 0);
+				pa_memprof_consume(e->heap, s, e->pcs,
+						   n > 0 ? n : 0);
 		} else if (n <= 0) {
 			e->unwind_failures++;
 		} else {
@@ -136,30 +139,36 @@ static int drain(struct exporter *e)
 }
 
 static void deliver(struct exporter *e, struct pa_pprof *p, const char *name,
-		    const char *kind, uint64_t *seq, int64_t start_wall, int64_t duration,
-		    const struct pa_label *extra, int nextra)
+		    const char *kind, uint64_t *seq, int64_t start_wall,
+		    int64_t duration, const struct pa_label *extra, int nextra)
 {
 	uint8_t *gz = NULL;
 	size_t len = 0;
-	int rc = pa_pprof_encode(p, e->mods, e->syms, start_wall, duration, &gz, &len);
+	int rc = pa_pprof_encode(p, e->mods, e->syms, start_wall, duration, &gz,
+				 &len);
 	pa_pprof_reset(p);
 	if (rc != 0) {
-		pa_log_once(PA_LOG_WARN, "could not encode a %s profile (errno %d): interval lost", kind, -rc);
+		pa_log_once(
+		    PA_LOG_WARN,
+		    "could not encode a %s profile (errno %d): interval lost",
+		    kind, -rc);
 		return;
 	}
 	++*seq;
 	const struct pa_config *cfg = &pa_agent.cfg;
 	if (cfg->output_dir && e->sink_ok) {
-		rc = pa_filesink_write(cfg->output_dir, cfg->application_name, pa_agent.pid, kind,
-				       *seq, gz, len);
+		rc = pa_filesink_write(cfg->output_dir, cfg->application_name,
+				       pa_agent.pid, kind, *seq, gz, len);
 		if (rc != 0)
-			pa_log_once(PA_LOG_WARN, "could not write profiles to %s (errno %d)",
+			pa_log_once(PA_LOG_WARN,
+				    "could not write profiles to %s (errno %d)",
 				    cfg->output_dir, -rc);
 	}
 	if (cfg->upload)
 		/* The start, as in the profile's time_nanos: what Pyroscope's
 		 * ingestion window and the spool's order go by. */
-		pa_upload_enqueue_labels(name, gz, len, start_wall, extra, nextra);
+		pa_upload_enqueue_labels(name, gz, len, start_wall, extra,
+					 nextra);
 	else
 		free(gz);
 }
@@ -170,9 +179,10 @@ static void deliver(struct exporter *e, struct pa_pprof *p, const char *name,
 static uint64_t cpu_drops(void)
 {
 	uint64_t ring = pa_ring_dropped(pa_agent.ring);
-	uint64_t heap = __atomic_load_n(&pa_heap.stats.ring_full_alloc, __ATOMIC_RELAXED) +
-			__atomic_load_n(&pa_heap.stats.ring_full_mmap, __ATOMIC_RELAXED) +
-			__atomic_load_n(&pa_heap.stats.ring_full_unmap, __ATOMIC_RELAXED);
+	uint64_t heap =
+	    __atomic_load_n(&pa_heap.stats.ring_full_alloc, __ATOMIC_RELAXED) +
+	    __atomic_load_n(&pa_heap.stats.ring_full_mmap, __ATOMIC_RELAXED) +
+	    __atomic_load_n(&pa_heap.stats.ring_full_unmap, __ATOMIC_RELAXED);
 	/* Read at slightly different moments: never below zero. */
 	return (ring > heap ? ring - heap : 0) +
 	       __atomic_load_n(&pa_agent.drops_busy, __ATOMIC_RELAXED);
@@ -186,7 +196,8 @@ static void add_drop_comment(struct exporter *e)
 	if (drops == e->reported_drops && !e->unwind_failures)
 		return;
 	char text[160];
-	snprintf(text, sizeof(text), "pyroagent: %llu samples dropped, %llu not unwound",
+	snprintf(text, sizeof(text),
+		 "pyroagent: %llu samples dropped, %llu not unwound",
 		 (unsigned long long)(drops - e->reported_drops),
 		 (unsigned long long)e->unwind_failures);
 	pa_pprof_comment(e->cpu, text);
@@ -195,7 +206,8 @@ static void add_drop_comment(struct exporter *e)
 }
 
 /* The label that lets a user find the OOM guard's out-of-cycle profiles. */
-static const struct pa_label oom_labels[] = {{"pyroagent_trigger", "oom_guard"}};
+static const struct pa_label oom_labels[] = {
+    {"pyroagent_trigger", "oom_guard"}};
 
 /* The memory profile: every interval, or at once when the OOM guard fires
  * (ev set): then labelled, with a comment saying why, and the next
@@ -215,18 +227,23 @@ static void emit_memory(struct exporter *e, int64_t now_wall, int64_t now_mono,
 		const struct pa_oom_limit *l = ev->limit;
 		if (l)
 			snprintf(text, sizeof(text),
-				 "pyroagent: oom_guard: %s at %d%% of the memory limit "
+				 "pyroagent: oom_guard: %s at %d%% of the "
+				 "memory limit "
 				 "(%lld of %lld bytes, %s)",
-				 ev->null_alloc ? "an allocation failed" : "memory use", ev->pct,
-				 (long long)ev->usage, (long long)l->limit,
+				 ev->null_alloc ? "an allocation failed"
+						: "memory use",
+				 ev->pct, (long long)ev->usage,
+				 (long long)l->limit,
 				 pa_oom_source_name(l->source));
 		else
 			snprintf(text, sizeof(text),
-				 "pyroagent: oom_guard: an allocation failed (no memory limit found)");
+				 "pyroagent: oom_guard: an allocation failed "
+				 "(no memory limit found)");
 		pa_pprof_comment(e->mem, text);
 	}
-	deliver(e, e->mem, "memory", "memory", &e->seq_mem, e->mem_start_wall_ns,
-		now_mono - e->mem_start_mono_ns, ev ? oom_labels : NULL, ev ? 1 : 0);
+	deliver(e, e->mem, "memory", "memory", &e->seq_mem,
+		e->mem_start_wall_ns, now_mono - e->mem_start_mono_ns,
+		ev ? oom_labels : NULL, ev ? 1 : 0);
 	e->mem_start_wall_ns = now_wall;
 	e->mem_start_mono_ns = now_mono;
 }
@@ -239,8 +256,8 @@ static void emit(struct exporter *e)
 	pa_modules_read_lock();
 	refresh_modules(e);
 	add_drop_comment(e);
-	deliver(e, e->cpu, "process_cpu", "cpu", &e->seq_cpu, e->start_wall_ns, duration, NULL,
-		0);
+	deliver(e, e->cpu, "process_cpu", "cpu", &e->seq_cpu, e->start_wall_ns,
+		duration, NULL, 0);
 	emit_memory(e, now_wall, now_mono, NULL);
 	pa_modules_read_unlock();
 	e->start_wall_ns = now_wall;
@@ -257,19 +274,28 @@ static int exporter_init(struct exporter *e)
 	if ((rc = pa_unwind_new(&e->uw, e->mods)))
 		return rc;
 	struct pa_pprof_desc cd = {
-		.sample_types = cpu_types, .ntypes = 2,
-		.period_type = {"cpu", "nanoseconds"}, .period = cfg->profiling_interval_ns,
-		.max_samples = MAX_SAMPLES, .max_bytes = MAX_BYTES, .max_stacks = MAX_STACKS,
+	    .sample_types = cpu_types,
+	    .ntypes = 2,
+	    .period_type = {"cpu", "nanoseconds"},
+	    .period = cfg->profiling_interval_ns,
+	    .max_samples = MAX_SAMPLES,
+	    .max_bytes = MAX_BYTES,
+	    .max_stacks = MAX_STACKS,
 	};
 	if ((rc = pa_pprof_new(&e->cpu, &cd)))
 		return rc;
 	if (cfg->alloc_rate > 0) {
 		struct pa_pprof_desc md = {
-			.sample_types = mem_types, .ntypes = 4,
-			.period_type = {"space", "bytes"}, .period = cfg->alloc_rate,
-			.max_samples = MAX_SAMPLES, .max_bytes = MAX_BYTES, .max_stacks = MAX_STACKS,
+		    .sample_types = mem_types,
+		    .ntypes = 4,
+		    .period_type = {"space", "bytes"},
+		    .period = cfg->alloc_rate,
+		    .max_samples = MAX_SAMPLES,
+		    .max_bytes = MAX_BYTES,
+		    .max_stacks = MAX_STACKS,
 		};
-		if ((rc = pa_pprof_new(&e->mem, &md)) || (rc = pa_memprof_new(&e->heap, cfg)) ||
+		if ((rc = pa_pprof_new(&e->mem, &md)) ||
+		    (rc = pa_memprof_new(&e->heap, cfg)) ||
 		    (rc = pa_oom_new(&e->oom, cfg, NULL)))
 			return rc;
 	}
@@ -303,10 +329,12 @@ static void park(void)
 static int child_delay(void)
 {
 	int64_t until_ns = now_ns(CLOCK_REALTIME) + CHILD_DELAY_NS;
-	struct timespec until = {until_ns / 1000000000LL, until_ns % 1000000000LL};
+	struct timespec until = {until_ns / 1000000000LL,
+				 until_ns % 1000000000LL};
 	pthread_mutex_lock(&ctl.mu);
 	while (!ctl.stop)
-		if (pthread_cond_timedwait(&ctl.cv, &ctl.mu, &until) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&ctl.cv, &ctl.mu, &until) ==
+		    ETIMEDOUT)
 			break;
 	int skip = ctl.stop && !pa_ring_next(pa_agent.ring);
 	if (skip) {
@@ -326,8 +354,11 @@ static void *exporter_main(void *arg)
 	struct exporter *e = calloc(1, sizeof(*e));
 	int rc = e ? exporter_init(e) : -ENOMEM;
 	if (rc != 0) {
-		pa_error("agent thread could not start (errno %d): profiling off", -rc);
-		__atomic_store_n(&pa_agent.state, PA_STATE_OFF, __ATOMIC_RELAXED);
+		pa_error(
+		    "agent thread could not start (errno %d): profiling off",
+		    -rc);
+		__atomic_store_n(&pa_agent.state, PA_STATE_OFF,
+				 __ATOMIC_RELAXED);
 	}
 	int64_t interval = pa_agent.cfg.upload_interval_ns;
 	int64_t next_emit = now_ns(CLOCK_MONOTONIC) + interval;
@@ -348,7 +379,9 @@ static void *exporter_main(void *arg)
 			break;
 		pthread_mutex_unlock(&ctl.mu);
 		int took = drain(e);
-		wait_ns = took >= DRAIN_BUDGET ? 0 : took >= DRAIN_BUSY ? DRAIN_BUSY_NS : DRAIN_PERIOD_NS;
+		wait_ns = took >= DRAIN_BUDGET ? 0
+			  : took >= DRAIN_BUSY ? DRAIN_BUSY_NS
+					       : DRAIN_PERIOD_NS;
 		int64_t now = now_ns(CLOCK_MONOTONIC);
 		struct pa_oom_event ev;
 		if (e->oom && pa_oom_poll(e->oom, now, &ev)) {
@@ -374,7 +407,8 @@ static void *exporter_main(void *arg)
 		/* The final interval: what the host did since the last one
 		 * (the ring may hold more than one budget; other threads may
 		 * still be producing: a bounded number of rounds). */
-		for (int round = 0; round < 16 && drain(e) >= DRAIN_BUDGET; round++)
+		for (int round = 0; round < 16 && drain(e) >= DRAIN_BUDGET;
+		     round++)
 			;
 		emit(e);
 	}
@@ -418,7 +452,8 @@ int pa_export_start(void)
 	if (cfg->output_dir) {
 		int rc = pa_filesink_prepare(cfg->output_dir);
 		if (rc != 0)
-			pa_warn("PYROAGENT_OUTPUT_DIR=%s is not usable (errno %d): no profile files",
+			pa_warn("PYROAGENT_OUTPUT_DIR=%s is not usable (errno "
+				"%d): no profile files",
 				cfg->output_dir, -rc);
 		sink_ok = rc == 0;
 	}
@@ -430,12 +465,14 @@ void pa_export_stop(int64_t timeout_ns)
 	if (!ctl.running)
 		return;
 	int64_t deadline = now_ns(CLOCK_REALTIME) + timeout_ns;
-	struct timespec until = {deadline / 1000000000LL, deadline % 1000000000LL};
+	struct timespec until = {deadline / 1000000000LL,
+				 deadline % 1000000000LL};
 	pthread_mutex_lock(&ctl.mu);
 	ctl.stop = 1;
 	pthread_cond_broadcast(&ctl.cv);
 	while (!ctl.stopped)
-		if (pthread_cond_timedwait(&ctl.cv, &ctl.mu, &until) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&ctl.cv, &ctl.mu, &until) ==
+		    ETIMEDOUT)
 			break;
 	ctl.abandoned = 1;
 	pthread_mutex_unlock(&ctl.mu);
@@ -462,7 +499,9 @@ void pa_export_atfork_child(void)
 	/* The child's own exporter, which starts the child's uploader. */
 	ctl.delayed = 1;
 	if (start_thread() != 0) {
-		__atomic_store_n(&pa_agent.state, PA_STATE_OFF, __ATOMIC_RELAXED);
-		pa_warn("could not start the agent thread in the forked child: it is not profiled");
+		__atomic_store_n(&pa_agent.state, PA_STATE_OFF,
+				 __ATOMIC_RELAXED);
+		pa_warn("could not start the agent thread in the forked child: "
+			"it is not profiled");
 	}
 }

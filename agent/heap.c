@@ -840,7 +840,8 @@ static void *bound_malloc(Dl_info *where)
 		return NULL;
 	if (!sym || sym->st_shndx != SHN_UNDEF)
 		return m;
-	for (struct link_map *l = _r_debug.r_map ? _r_debug.r_map->l_next : NULL;
+	for (struct link_map *l = _r_debug.r_map ? _r_debug.r_map->l_next
+						 : NULL;
 	     l; l = l->l_next) {
 		if (!l->l_name || !l->l_name[0])
 			continue;
@@ -853,8 +854,9 @@ static void *bound_malloc(Dl_info *where)
 		dlclose(h);
 		sym = NULL;
 		if (d && dladdr1(d, where, (void **)&sym, RTLD_DL_SYMENT) &&
-		    where->dli_fname && strcmp(where->dli_fname, l->l_name) == 0 &&
-		    sym && sym->st_shndx != SHN_UNDEF)
+		    where->dli_fname &&
+		    strcmp(where->dli_fname, l->l_name) == 0 && sym &&
+		    sym->st_shndx != SHN_UNDEF)
 			return d;
 	}
 	return NULL;

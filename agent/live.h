@@ -33,7 +33,7 @@ struct pa_live {
 	unsigned slot_shift;  /* 64 - log2(number of slots) */
 	uint64_t mask;	      /* slots - 1 */
 	struct pa_live_slot *slots;
-	size_t map_len;	   /* bytes mapped for slots + filter */
+	size_t map_len; /* bytes mapped for slots + filter */
 	/* Inserts that found no free slot. Written only then: a counter
 	 * every insert and remove updated here would bounce the cache line
 	 * the hooks read the fields above from between the cores. */

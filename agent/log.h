@@ -14,7 +14,7 @@ extern int pa_log_level;
  * %s %.*s %c %d %i %u %x %p %% with the l/ll/z modifiers. Lines are cut at
  * 1 KiB. Never pass a secret. */
 void pa_log_write(int level, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 void pa_log_vwrite(int level, const char *fmt, va_list ap);
 
 /* The same formatter into a caller's buffer; always NUL-terminates;
@@ -36,7 +36,7 @@ int pa_log_format(char *buf, int cap, const char *fmt, va_list ap);
 #define pa_log_once(level, ...)                                                \
 	do {                                                                   \
 		static int pa_once_;                                           \
-		if (!__atomic_exchange_n(&pa_once_, 1, __ATOMIC_RELAXED))     \
+		if (!__atomic_exchange_n(&pa_once_, 1, __ATOMIC_RELAXED))      \
 			PA_LOG(level, __VA_ARGS__);                            \
 	} while (0)
 

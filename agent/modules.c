@@ -1,4 +1,5 @@
-/* The module table: one dl_iterate_phdr walk per change, on the agent thread. */
+/* The module table: one dl_iterate_phdr walk per change, on the agent thread.
+ */
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
@@ -73,7 +74,8 @@ int pa_modules_new(struct pa_modules **out)
 	return 0;
 }
 
-void pa_modules_set_forget(struct pa_modules *m, void (*forget)(struct pa_module *))
+void pa_modules_set_forget(struct pa_modules *m,
+			   void (*forget)(struct pa_module *))
 {
 	m->forget = forget;
 }
@@ -101,13 +103,15 @@ struct walk {
 	int failed;
 };
 
-static void read_build_id(struct pa_module *mod, const struct dl_phdr_info *info)
+static void read_build_id(struct pa_module *mod,
+			  const struct dl_phdr_info *info)
 {
 	for (int i = 0; i < info->dlpi_phnum; i++) {
 		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
 		if (ph->p_type != PT_NOTE)
 			continue;
-		const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+		const uint8_t *p =
+		    (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
 		const uint8_t *end = p + ph->p_memsz;
 		while (p + sizeof(ElfW(Nhdr)) <= end) {
 			const ElfW(Nhdr) *nh = (const ElfW(Nhdr) *)p;
@@ -116,8 +120,9 @@ static void read_build_id(struct pa_module *mod, const struct dl_phdr_info *info
 			const uint8_t *next = desc + ((nh->n_descsz + 3) & ~3u);
 			if (next > end)
 				break;
-			if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 &&
-			    memcmp(name, "GNU", 4) == 0 && nh->n_descsz > 0 &&
+			if (nh->n_type == NT_GNU_BUILD_ID &&
+			    nh->n_namesz == 4 && memcmp(name, "GNU", 4) == 0 &&
+			    nh->n_descsz > 0 &&
 			    nh->n_descsz <= sizeof(mod->build_id)) {
 				memcpy(mod->build_id, desc, nh->n_descsz);
 				mod->build_id_len = (int)nh->n_descsz;
@@ -150,7 +155,8 @@ static int walk_one(struct dl_phdr_info *info, size_t size, void *arg)
 		return 1;
 	if (w->n == w->cap) {
 		int cap = w->cap ? w->cap * 2 : 64;
-		struct pa_module *mods = realloc(w->mods, (size_t)cap * sizeof(*mods));
+		struct pa_module *mods =
+		    realloc(w->mods, (size_t)cap * sizeof(*mods));
 		if (!mods) {
 			w->failed = 1;
 			return 1;
@@ -176,7 +182,8 @@ static int walk_one(struct dl_phdr_info *info, size_t size, void *arg)
 				mod.exec_end = e;
 				mod.exec_offset = ph->p_offset;
 			}
-			if ((ph->p_flags & PF_R) && mod.nsegs < PA_MODULE_MAX_SEGS) {
+			if ((ph->p_flags & PF_R) &&
+			    mod.nsegs < PA_MODULE_MAX_SEGS) {
 				mod.segs[mod.nsegs].start = s;
 				mod.segs[mod.nsegs].end = e;
 				mod.nsegs++;
@@ -197,8 +204,8 @@ static int walk_one(struct dl_phdr_info *info, size_t size, void *arg)
 	/* The agent's own frames are cut from stacks; statically linked
 	 * into an executable (unit tests) it is not a separate module. */
 	uint64_t self = (uint64_t)(uintptr_t)&pa_modules_new;
-	mod.is_self = info->dlpi_name && info->dlpi_name[0] && self >= mod.exec_start &&
-		      self < mod.exec_end;
+	mod.is_self = info->dlpi_name && info->dlpi_name[0] &&
+		      self >= mod.exec_start && self < mod.exec_end;
 	w->mods[w->n++] = mod;
 	return 0;
 }
@@ -246,7 +253,8 @@ int pa_modules_refresh(struct pa_modules *m, bool force)
 	return 0;
 }
 
-const struct pa_module *pa_modules_find(const struct pa_modules *m, uint64_t addr)
+const struct pa_module *pa_modules_find(const struct pa_modules *m,
+					uint64_t addr)
 {
 	int lo = 0, hi = m->n - 1;
 	while (lo <= hi) {
@@ -268,7 +276,8 @@ bool pa_modules_readable(const struct pa_modules *m, uint64_t addr, size_t len)
 	if (!mod || addr + len < addr)
 		return false;
 	for (int i = 0; i < mod->nsegs; i++)
-		if (addr >= mod->segs[i].start && addr + len <= mod->segs[i].end)
+		if (addr >= mod->segs[i].start &&
+		    addr + len <= mod->segs[i].end)
 			return true;
 	return false;
 }

@@ -10,20 +10,23 @@
 #define PA_MODULE_MAX_SEGS 8
 
 struct pa_module {
-	char *path;            /* absolute file path; "[vdso]" for the vDSO */
-	uint64_t bias;         /* load bias (dlpi_addr) */
-	uint64_t start, end;   /* lowest..highest address of PT_LOAD segments */
-	uint64_t exec_start, exec_end, exec_offset; /* executable segment and its file offset */
-	uint64_t eh_frame_hdr; /* runtime address of PT_GNU_EH_FRAME, 0 if none */
+	char *path;	     /* absolute file path; "[vdso]" for the vDSO */
+	uint64_t bias;	     /* load bias (dlpi_addr) */
+	uint64_t start, end; /* lowest..highest address of PT_LOAD segments */
+	uint64_t exec_start, exec_end,
+	    exec_offset; /* executable segment and its file offset */
+	uint64_t
+	    eh_frame_hdr; /* runtime address of PT_GNU_EH_FRAME, 0 if none */
 	uint64_t eh_frame_hdr_len;
 	struct {
 		uint64_t start, end;
-	} segs[PA_MODULE_MAX_SEGS]; /* readable PT_LOAD ranges, runtime addresses */
+	} segs[PA_MODULE_MAX_SEGS]; /* readable PT_LOAD ranges, runtime
+				       addresses */
 	int nsegs;
 	uint8_t build_id[32];
 	int build_id_len;
-	bool is_self;          /* libpyroagent.so itself */
-	void *symbols;         /* owned by symbols.c (lazily loaded) */
+	bool is_self;  /* libpyroagent.so itself */
+	void *symbols; /* owned by symbols.c (lazily loaded) */
 };
 
 struct pa_modules;
@@ -32,7 +35,8 @@ int pa_modules_new(struct pa_modules **out);
 void pa_modules_free(struct pa_modules *m); /* accepts NULL */
 /* Called for a module's symbol cache when the module goes away
  * (symbols.c passes pa_symbols_forget; keeps modules.c free of it). */
-void pa_modules_set_forget(struct pa_modules *m, void (*forget)(struct pa_module *));
+void pa_modules_set_forget(struct pa_modules *m,
+			   void (*forget)(struct pa_module *));
 
 /* Re-reads the module list if anything was loaded or unloaded since the
  * last call (or always, with force). Keeps per-module symbol caches of
@@ -40,7 +44,8 @@ void pa_modules_set_forget(struct pa_modules *m, void (*forget)(struct pa_module
 int pa_modules_refresh(struct pa_modules *m, bool force);
 
 /* The module whose PT_LOAD range holds addr, or NULL. */
-const struct pa_module *pa_modules_find(const struct pa_modules *m, uint64_t addr);
+const struct pa_module *pa_modules_find(const struct pa_modules *m,
+					uint64_t addr);
 /* True if [addr, addr+len) lies inside one readable segment of a module. */
 bool pa_modules_readable(const struct pa_modules *m, uint64_t addr, size_t len);
 int pa_modules_count(const struct pa_modules *m);

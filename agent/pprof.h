@@ -17,14 +17,19 @@ struct pa_pprof_type {
 };
 
 struct pa_pprof_desc {
-	const struct pa_pprof_type *sample_types; /* ntypes <= PA_PPROF_MAX_VALUES */
+	const struct pa_pprof_type
+	    *sample_types; /* ntypes <= PA_PPROF_MAX_VALUES */
 	int ntypes;
 	struct pa_pprof_type period_type;
 	int64_t period;
-	size_t max_samples;  /* Pyroscope: <= 16000; extra stacks fold into [truncated] */
-	size_t max_bytes;    /* uncompressed ceiling; Pyroscope answers 429 past ~2 MiB */
-	size_t max_stacks;   /* distinct stacks kept while aggregating; beyond, folded */
-	/* A limit of 0 takes the default: 16000 samples, 1800 KiB, 50000 stacks. */
+	size_t max_samples; /* Pyroscope: <= 16000; extra stacks fold into
+			       [truncated] */
+	size_t max_bytes; /* uncompressed ceiling; Pyroscope answers 429 past ~2
+			     MiB */
+	size_t max_stacks; /* distinct stacks kept while aggregating; beyond,
+			      folded */
+	/* A limit of 0 takes the default: 16000 samples, 1800 KiB, 50000
+	 * stacks. */
 };
 
 struct pa_pprof;

@@ -242,8 +242,6 @@ EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 
 /* ---- signals: SIGPROF is shared with the host (cpu.c) -------------------- */
 
-
-
 /* Any other signal goes straight to libc. glibc's signal(), sigset() and
  * friends call sigaction internally, past the PLT: each is wrapped for
  * SIGPROF with its own semantics. */
@@ -258,8 +256,8 @@ EXPORT int sigaction(int sig, const struct sigaction *act,
 
 typedef sighandler_t (*signal_fn)(int, sighandler_t);
 
-static sighandler_t real_signal_call(const char *name, void **cache,
-				     int sig, sighandler_t handler)
+static sighandler_t real_signal_call(const char *name, void **cache, int sig,
+				     sighandler_t handler)
 {
 	void *p = next_fn(name, cache);
 	if (!p)

@@ -23,7 +23,7 @@
  * profiles older than Pyroscope's ingestion window anyway. */
 #define RETRY_AFTER_CAP_MS (10L * 60 * 1000)
 /* Labels considered per series before the cap (core + static + extra). */
-#define MAX_CANDIDATES	(3 + PA_MAX_LABELS + PA_MAX_LABELS)
+#define MAX_CANDIDATES (3 + PA_MAX_LABELS + PA_MAX_LABELS)
 
 /*
  * Timeouts (push.h): connecting gets PA_PUSH_CONNECT_TIMEOUT_MS (5 s), the

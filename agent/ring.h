@@ -13,10 +13,11 @@
 #define PA_NREGS 34
 
 enum pa_sample_kind {
-	PA_SAMPLE_CPU = 1,   /* values: [0] samples, [1] cpu ns */
-	PA_SAMPLE_ALLOC = 2, /* values: [0] objects (rounded: exact is [1]/size),
-			      * [1] bytes (unbiased weight); addr/size/seq set */
-	PA_SAMPLE_MMAP = 3,  /* values: [0] 1, [1] length; exact, not sampled */
+	PA_SAMPLE_CPU = 1, /* values: [0] samples, [1] cpu ns */
+	PA_SAMPLE_ALLOC =
+	    2,		    /* values: [0] objects (rounded: exact is [1]/size),
+			     * [1] bytes (unbiased weight); addr/size/seq set */
+	PA_SAMPLE_MMAP = 3, /* values: [0] 1, [1] length; exact, not sampled */
 	/* Events without a stack (never unwound): reserved before the real
 	 * call and committed after it, so they keep the kernel's order. */
 	PA_SAMPLE_MUNMAP = 4, /* addr/size: the range unmapped (also a MAP_FIXED
@@ -26,23 +27,25 @@ enum pa_sample_kind {
 };
 
 enum pa_sample_flags {
-	PA_SAMPLE_LEAF_EXACT = 1, /* regs.ip is the interrupted instruction (signal) */
-	PA_SAMPLE_NO_STACK = 2,   /* capture failed: only regs.ip is known */
-	PA_SAMPLE_FAILED = 4,     /* MUNMAP/MREMAP: the call failed, nothing changed */
+	PA_SAMPLE_LEAF_EXACT =
+	    1, /* regs.ip is the interrupted instruction (signal) */
+	PA_SAMPLE_NO_STACK = 2, /* capture failed: only regs.ip is known */
+	PA_SAMPLE_FAILED =
+	    4, /* MUNMAP/MREMAP: the call failed, nothing changed */
 };
 
 struct pa_sample {
 	uint32_t kind;
 	uint32_t flags;
 	uint32_t tid;
-	uint32_t stack_len;    /* valid bytes in stack[] */
-	uint64_t time_ns;      /* CLOCK_MONOTONIC */
+	uint32_t stack_len; /* valid bytes in stack[] */
+	uint64_t time_ns;   /* CLOCK_MONOTONIC */
 	int64_t values[2];
-	uint64_t addr;         /* ALLOC/MMAP: the block */
-	uint64_t size;         /* ALLOC/MMAP: requested bytes */
-	uint64_t seq;          /* ALLOC: id matching the live table entry */
+	uint64_t addr; /* ALLOC/MMAP: the block */
+	uint64_t size; /* ALLOC/MMAP: requested bytes */
+	uint64_t seq;  /* ALLOC: id matching the live table entry */
 	uint64_t regs[PA_NREGS];
-	uint64_t stack_start;  /* address that stack[0] was copied from */
+	uint64_t stack_start; /* address that stack[0] was copied from */
 	uint8_t stack[PA_STACK_COPY];
 };
 

@@ -19,14 +19,15 @@
 #include "log.h"
 #include "spool.h"
 
-#define MAGIC        "PYROSPL1"
+#define MAGIC	     "PYROSPL1"
 #define MAGIC_LEN    8
-#define FIXED_HEADER (MAGIC_LEN + 4 + 4) /* magic, header length, header crc */
-#define MAX_HEADER   (64u << 10)
-#define MAX_FILE     (PA_SPOOL_MAX_PROFILE + MAX_HEADER + 4096)
-#define MAX_FILES    4096 /* files looked at per scan */
-#define SUFFIX       ".zst"
-#define ZSTD_LEVEL   3
+#define FIXED_HEADER (MAGIC_LEN + 4 + 4) /* magic, header length, header crc   \
+					  */
+#define MAX_HEADER (64u << 10)
+#define MAX_FILE   (PA_SPOOL_MAX_PROFILE + MAX_HEADER + 4096)
+#define MAX_FILES  4096 /* files looked at per scan */
+#define SUFFIX	   ".zst"
+#define ZSTD_LEVEL 3
 /* A temporary file this old belongs to a writer that died. */
 #define STALE_TEMP_NS (10LL * 60 * 1000000000LL)
 
@@ -49,7 +50,8 @@ static int64_t wall_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* ---- the file format ------------------------------------------------------ */
+/* ---- the file format ------------------------------------------------------
+ */
 
 static void put_u16(uint8_t **p, uint16_t v)
 {
@@ -122,7 +124,8 @@ int pa_spool_encode(const struct pa_spool_record *r, uint8_t **out, size_t *len)
 	ZSTD_CCtx *cctx = ZSTD_createCCtx();
 	size_t z = cctx ? 0 : (size_t)-1;
 	if (cctx) {
-		ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, ZSTD_LEVEL);
+		ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel,
+				       ZSTD_LEVEL);
 		ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
 		z = ZSTD_compress2(cctx, p, zcap, r->gz, r->len);
 		ZSTD_freeCCtx(cctx);
@@ -158,10 +161,12 @@ static const char *get_str(const uint8_t **p, const uint8_t *end)
 int pa_spool_decode(const uint8_t *buf, size_t len, struct pa_spool_record *r,
 		    uint8_t **payload)
 {
-	if (len < FIXED_HEADER + 4 || len > MAX_FILE || memcmp(buf, MAGIC, MAGIC_LEN) != 0)
+	if (len < FIXED_HEADER + 4 || len > MAX_FILE ||
+	    memcmp(buf, MAGIC, MAGIC_LEN) != 0)
 		return -EINVAL;
 	len -= 4;
-	if ((uint32_t)crc32(0, buf, (uInt)len) != (uint32_t)get_le(buf + len, 4))
+	if ((uint32_t)crc32(0, buf, (uInt)len) !=
+	    (uint32_t)get_le(buf + len, 4))
 		return -EINVAL;
 	size_t hlen = (size_t)get_le(buf + MAGIC_LEN, 4);
 	uint32_t crc = (uint32_t)get_le(buf + MAGIC_LEN + 4, 4);
@@ -179,7 +184,8 @@ int pa_spool_decode(const uint8_t *buf, size_t len, struct pa_spool_record *r,
 	const uint8_t *p = h + 14;
 	for (int i = 0; i < n; i++) {
 		r->labels[i].name = get_str(&p, end);
-		r->labels[i].value = r->labels[i].name ? get_str(&p, end) : NULL;
+		r->labels[i].value =
+		    r->labels[i].name ? get_str(&p, end) : NULL;
 		if (!r->labels[i].value)
 			return -EINVAL;
 	}
@@ -205,7 +211,8 @@ int pa_spool_decode(const uint8_t *buf, size_t len, struct pa_spool_record *r,
 	return 0;
 }
 
-/* ---- the directory ---------------------------------------------------------- */
+/* ---- the directory ----------------------------------------------------------
+ */
 
 /* The service as it appears in file names: no '/', no leading '.', no
  * control characters. */
@@ -219,7 +226,10 @@ static char *file_prefix(const char *service)
 		return NULL;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)service[i];
-		p[i] = (c < 0x20 || c == 0x7f || c == '/' || (i == 0 && c == '.')) ? '_' : (char)c;
+		p[i] =
+		    (c < 0x20 || c == 0x7f || c == '/' || (i == 0 && c == '.'))
+			? '_'
+			: (char)c;
 	}
 	p[n] = '.';
 	p[n + 1] = 0;
@@ -341,7 +351,8 @@ struct entry {
 
 static int by_name(const void *a, const void *b)
 {
-	return strcmp(((const struct entry *)a)->name, ((const struct entry *)b)->name);
+	return strcmp(((const struct entry *)a)->name,
+		      ((const struct entry *)b)->name);
 }
 
 /* This service's spool files, oldest first (names start with the
@@ -359,15 +370,18 @@ static int scan(struct pa_spool *s, struct entry **out, off_t *total)
 	struct dirent *de;
 	while ((de = readdir(d)) && n < MAX_FILES) {
 		size_t len = strlen(de->d_name);
-		if (len <= plen + slen || strncmp(de->d_name, s->prefix, plen) != 0 ||
+		if (len <= plen + slen ||
+		    strncmp(de->d_name, s->prefix, plen) != 0 ||
 		    !record_tail(de->d_name + plen, len - plen))
 			continue;
 		struct stat st;
-		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+		    !S_ISREG(st.st_mode))
 			continue;
 		if (n == cap) {
 			int ncap = cap ? cap * 2 : 32;
-			struct entry *nv = realloc(v, (size_t)ncap * sizeof(*v));
+			struct entry *nv =
+			    realloc(v, (size_t)ncap * sizeof(*v));
 			if (!nv)
 				break;
 			v = nv;
@@ -397,7 +411,8 @@ static void free_entries(struct entry *v, int n)
 static void remove_file(struct pa_spool *s, const char *name)
 {
 	char path[4096];
-	if (snprintf(path, sizeof(path), "%s/%s", s->dir, name) < (int)sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/%s", s->dir, name) <
+	    (int)sizeof(path))
 		unlink(path);
 }
 
@@ -462,12 +477,15 @@ int pa_spool_put(struct pa_spool *s, const struct pa_spool_record *r)
 		 (long long)(r->time_ns > 0 ? r->time_ns : 0), (int)getpid(),
 		 (unsigned long long)++s->seq, SUFFIX);
 	snprintf(tmp, sizeof(tmp), ".%s.tmp", name);
-	if (snprintf(path, sizeof(path), "%s/%s", s->dir, name) >= (int)sizeof(path) ||
-	    snprintf(tpath, sizeof(tpath), "%s/%s", s->dir, tmp) >= (int)sizeof(tpath)) {
+	if (snprintf(path, sizeof(path), "%s/%s", s->dir, name) >=
+		(int)sizeof(path) ||
+	    snprintf(tpath, sizeof(tpath), "%s/%s", s->dir, tmp) >=
+		(int)sizeof(tpath)) {
 		free(buf);
 		return -ENAMETOOLONG;
 	}
-	int fd = open(tpath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int fd = open(
+	    tpath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = -errno;
 		free(buf);
@@ -489,23 +507,26 @@ int pa_spool_put(struct pa_spool *s, const struct pa_spool_record *r)
 
 /* Reads a whole locked file; 0, -EAGAIN (another process holds it or it
  * is gone), or -EINVAL (not a spool file). */
-static int read_locked(struct pa_spool *s, const char *name, int *fdp, uint8_t **bufp,
-		       size_t *lenp)
+static int read_locked(struct pa_spool *s, const char *name, int *fdp,
+		       uint8_t **bufp, size_t *lenp)
 {
 	char path[4096];
-	if (snprintf(path, sizeof(path), "%s/%s", s->dir, name) >= (int)sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/%s", s->dir, name) >=
+	    (int)sizeof(path))
 		return -EINVAL;
 	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -EAGAIN;
 	struct stat st;
-	if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &st) != 0 || st.st_nlink == 0) {
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &st) != 0 ||
+	    st.st_nlink == 0) {
 		/* Locked by another process, or it sent and removed it
 		 * while we were opening it. */
 		close(fd);
 		return -EAGAIN;
 	}
-	if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > (off_t)MAX_FILE) {
+	if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
+	    st.st_size > (off_t)MAX_FILE) {
 		close(fd);
 		return -EINVAL;
 	}
@@ -563,12 +584,15 @@ int pa_spool_next(struct pa_spool *s, struct pa_spool_record *r)
 			rc = -ETIME;
 		} else if (rc == -EINVAL) {
 			s->st.corrupt++;
-			pa_log_once(PA_LOG_WARN, "spool: %s/%s is not a readable spool file: removed",
+			pa_log_once(PA_LOG_WARN,
+				    "spool: %s/%s is not a readable spool "
+				    "file: removed",
 				    s->dir, v[i].name);
 		}
 		if (rc != 0) {
 			if (rc != -ENOMEM)
-				remove_file(s, v[i].name); /* still locked, if opened */
+				remove_file(
+				    s, v[i].name); /* still locked, if opened */
 			free(payload);
 			free(buf);
 			if (fd >= 0)

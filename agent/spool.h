@@ -38,7 +38,8 @@ struct pa_spool;
  * (world-writable without the sticky bit, not a directory). */
 int pa_spool_open(struct pa_spool **out, const char *dir, const char *service,
 		  int64_t max_bytes, int64_t max_age_ns);
-void pa_spool_close(struct pa_spool *s); /* accepts NULL; releases a held record */
+void pa_spool_close(
+    struct pa_spool *s); /* accepts NULL; releases a held record */
 /* In a child after fork: drops the child's copy of the held record's
  * descriptor (the parent keeps its lock); frees nothing. Accepts NULL. */
 void pa_spool_atfork_child(struct pa_spool *s);

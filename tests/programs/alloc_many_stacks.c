@@ -32,7 +32,8 @@ static void step(int depth);
 	}
 LEVEL(0)
 LEVEL(1)
-LEVEL(2) LEVEL(3) LEVEL(4) LEVEL(5) LEVEL(6) LEVEL(7)
+LEVEL(2)
+LEVEL(3) LEVEL(4) LEVEL(5) LEVEL(6) LEVEL(7)
 
     static void (*const levels[8])(int) = {level0, level1, level2, level3,
 					   level4, level5, level6, level7};

@@ -37,8 +37,8 @@ static struct truth *site(const char *name)
 
 /* About 100 expected samples per 10 ms (a block of n bytes is sampled
  * with probability 1 - e^(-n/rate)): the agent drains its sample buffer
- * every few milliseconds under load, so it never overflows, even with the agent thread held up
- * for 50 ms. */
+ * every few milliseconds under load, so it never overflows, even with the agent
+ * thread held up for 50 ms. */
 static void pace(long bytes)
 {
 	paced += -expm1(-(double)bytes / (double)rate);

@@ -66,8 +66,8 @@ int main(int argc, char **argv)
 		pthread_join(t[i], NULL);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
-	double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-		     ru.ru_stime.tv_usec / 1e6;
+	double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+		     ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 	printf("{\"threads\": %d, \"cpu_seconds\": %.6f}\n", threads, cpu);
 	return 0;
 }

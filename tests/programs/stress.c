@@ -63,7 +63,8 @@ static void *worker(void *arg)
 	int w = (int)(long)arg;
 	unsigned long acc = 0, r = 0;
 	double end = now() + seconds;
-	/* A fixed number of rounds, at least: output must not depend on speed. */
+	/* A fixed number of rounds, at least: output must not depend on speed.
+	 */
 	while (r < 2000 || now() < end) {
 		if (r >= 2000 && r % 100 == 0 && now() >= end)
 			break;
@@ -94,7 +95,8 @@ static void *dl_loop(void *arg)
 		void *h = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
 		if (h) {
 			if (dlsym(h, "crc32"))
-				__atomic_add_fetch(&dl_loops_ok, 1, __ATOMIC_RELAXED);
+				__atomic_add_fetch(&dl_loops_ok, 1,
+						   __ATOMIC_RELAXED);
 			dlclose(h);
 		}
 		void *m = dlopen("libm.so.6", RTLD_LAZY);
@@ -128,6 +130,7 @@ int main(int argc, char **argv)
 	setitimer(ITIMER_REAL, &off, NULL);
 	for (int i = 0; i < WORKERS; i++)
 		printf("worker %d: %lx\n", i, results[i]);
-	printf("usr1: %d, dlopen loops: %s\n", (int)usr1_seen, dl_loops_ok > 0 ? "yes" : "no");
+	printf("usr1: %d, dlopen loops: %s\n", (int)usr1_seen,
+	       dl_loops_ok > 0 ? "yes" : "no");
 	return 0;
 }

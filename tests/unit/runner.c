@@ -1,4 +1,5 @@
-/* Unit-test runner: forks each test with a timeout; prints "N passed, N failed". */
+/* Unit-test runner: forks each test with a timeout; prints "N passed, N
+ * failed". */
 #include <errno.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -39,8 +40,9 @@ static int run_one(struct pa_unit_test *t)
 		return 1;
 	if (WIFSIGNALED(status))
 		fprintf(stderr, "  %s: %s\n", t->name,
-			WTERMSIG(status) == SIGALRM ? "timed out"
-						    : strsignal(WTERMSIG(status)));
+			WTERMSIG(status) == SIGALRM
+			    ? "timed out"
+			    : strsignal(WTERMSIG(status)));
 	return 0;
 }
 

@@ -36,7 +36,7 @@ static void sleep_ms(int ms)
 struct holder {
 	int hold_ms;  /* inside the gate for this long */
 	int pause_ms; /* then "in poll" (paused) for this long */
-	int inside; /* atomic: read by the test's thread */
+	int inside;   /* atomic: read by the test's thread */
 	volatile int resumed_at_ms;
 };
 

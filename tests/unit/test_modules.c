@@ -18,7 +18,8 @@ TEST(modules_find_exe_and_libc)
 	CHECK_EQ_INT(pa_modules_new(&m), 0);
 	CHECK_EQ_INT(pa_modules_refresh(m, true), 0);
 	CHECK(pa_modules_count(m) >= 3);
-	const struct pa_module *exe = pa_modules_find(m, (uint64_t)(uintptr_t)&pa_modules_new);
+	const struct pa_module *exe =
+	    pa_modules_find(m, (uint64_t)(uintptr_t)&pa_modules_new);
 	CHECK(in_module_named(exe, "unit-tests"));
 	CHECK(!exe->is_self);
 	CHECK(exe->eh_frame_hdr != 0);
@@ -48,7 +49,8 @@ TEST(modules_refresh_sees_dlopen_and_dlclose)
 	pa_modules_changed();
 	CHECK_EQ_INT(pa_modules_refresh(m, false), 0);
 	void *sym = dlsym(h, "crc32");
-	CHECK(in_module_named(pa_modules_find(m, (uint64_t)(uintptr_t)sym), "libz"));
+	CHECK(in_module_named(pa_modules_find(m, (uint64_t)(uintptr_t)sym),
+			      "libz"));
 	pa_modules_unload_begin();
 	dlclose(h);
 	pa_modules_unload_end();

@@ -201,7 +201,8 @@ static void check_pyroscope(const Profile *pr, size_t raw_len,
 		 * the rest is left to the server's symbolizer. */
 		int named = 0;
 		for (size_t j = 0; j < pr->n_location; j++) {
-			const Perftools__Profiles__Location *l = pr->location[j];
+			const Perftools__Profiles__Location *l =
+			    pr->location[j];
 			if (l->mapping_id != m->id || l->n_line == 0)
 				continue;
 			uint64_t fid = l->line[0]->function_id;

@@ -121,8 +121,8 @@ TEST(spool_services_sharing_a_prefix_stay_apart)
 	struct pa_spool *api, *v2;
 	CHECK_EQ_INT(pa_spool_open(&api, dir, "api", 64 << 20, 55 * MINUTE_NS),
 		     0);
-	CHECK_EQ_INT(pa_spool_open(&v2, dir, "api.v2", 64 << 20, 55 * MINUTE_NS),
-		     0);
+	CHECK_EQ_INT(
+	    pa_spool_open(&v2, dir, "api.v2", 64 << 20, 55 * MINUTE_NS), 0);
 	struct pa_spool_record r = record(now_ns(), "mine"), got;
 	CHECK_EQ_INT(pa_spool_put(v2, &r), 0);
 	CHECK_EQ_INT(pa_spool_count(api), 0);

@@ -1,4 +1,5 @@
-/* Minimal unit-test framework: tests register themselves, the runner forks each. */
+/* Minimal unit-test framework: tests register themselves, the runner forks
+ * each. */
 #ifndef PA_UNIT_H
 #define PA_UNIT_H
 
@@ -29,7 +30,7 @@ void pa_unit_register(struct pa_unit_test *t);
 
 #define FAIL(...)                                                              \
 	do {                                                                   \
-		fprintf(stderr, "  %s:%d: ", __FILE__, __LINE__);             \
+		fprintf(stderr, "  %s:%d: ", __FILE__, __LINE__);              \
 		fprintf(stderr, __VA_ARGS__);                                  \
 		fprintf(stderr, "\n");                                         \
 		exit(1);                                                       \
