@@ -25,7 +25,10 @@
 					  */
 #define MAX_HEADER (64u << 10)
 #define MAX_FILE   (PA_SPOOL_MAX_PROFILE + MAX_HEADER + 4096)
-#define MAX_FILES  4096 /* files looked at per scan */
+/* Entries a scan reads at most (a directory someone filled with other
+ * files must not cost unbounded memory), and files one service keeps:
+ * far fewer, so a scan always sees every one of them, oldest first. */
+#define SCAN_MAX   65536
 #define SUFFIX	   ".zst"
 #define ZSTD_LEVEL 3
 /* A temporary file this old belongs to a writer that died. */
@@ -35,6 +38,7 @@ struct pa_spool {
 	char *dir;
 	char *prefix; /* "<service>." */
 	int64_t max_bytes, max_age_ns;
+	int max_files; /* PA_SPOOL_MAX_FILES; tests lower it */
 	uint64_t seq;
 	struct pa_spool_stats st;
 	/* The record handed out by pa_spool_next. */
@@ -268,7 +272,7 @@ static void remove_stale_temps(struct pa_spool *s)
 	size_t plen = strlen(s->prefix);
 	int64_t before = wall_ns() - STALE_TEMP_NS;
 	struct dirent *de;
-	for (int seen = 0; (de = readdir(d)) && seen < MAX_FILES; seen++) {
+	for (int seen = 0; (de = readdir(d)) && seen < SCAN_MAX; seen++) {
 		size_t len = strlen(de->d_name);
 		if (len <= 1 + plen + 4 || de->d_name[0] != '.' ||
 		    strncmp(de->d_name + 1, s->prefix, plen) != 0 ||
@@ -304,6 +308,7 @@ int pa_spool_open(struct pa_spool **out, const char *dir, const char *service,
 	}
 	s->max_bytes = max_bytes;
 	s->max_age_ns = max_age_ns;
+	s->max_files = PA_SPOOL_MAX_FILES;
 	s->held_fd = -1;
 	remove_stale_temps(s);
 	*out = s;
@@ -368,7 +373,7 @@ static int scan(struct pa_spool *s, struct entry **out, off_t *total)
 	size_t plen = strlen(s->prefix), slen = strlen(SUFFIX);
 	*total = 0;
 	struct dirent *de;
-	while ((de = readdir(d)) && n < MAX_FILES) {
+	while ((de = readdir(d)) && n < SCAN_MAX) {
 		size_t len = strlen(de->d_name);
 		if (len <= plen + slen ||
 		    strncmp(de->d_name, s->prefix, plen) != 0 ||
@@ -442,6 +447,12 @@ static int write_all(int fd, const uint8_t *p, size_t len)
 	return 0;
 }
 
+void pa_spool_set_max_files(struct pa_spool *s, int n)
+{
+	if (s && n > 0)
+		s->max_files = n;
+}
+
 int pa_spool_put(struct pa_spool *s, const struct pa_spool_record *r)
 {
 	uint8_t *buf;
@@ -454,15 +465,19 @@ int pa_spool_put(struct pa_spool *s, const struct pa_spool_record *r)
 		s->st.dropped_full++;
 		return -EFBIG;
 	}
-	/* Make room: the oldest files go first. */
+	/* Make room, in bytes and in files: the oldest go first. */
 	struct entry *v = NULL;
 	off_t total = 0;
 	int n = scan(s, &v, &total);
-	for (int i = 0; i < n && total + (off_t)len > s->max_bytes; i++) {
+	int kept = n;
+	for (int i = 0; i < n && (total + (off_t)len > s->max_bytes ||
+				  kept >= s->max_files);
+	     i++) {
 		if (s->held_name && strcmp(v[i].name, s->held_name) == 0)
 			continue;
 		remove_file(s, v[i].name);
 		total -= v[i].size;
+		kept--;
 		s->st.dropped_full++;
 	}
 	if (n > 0)

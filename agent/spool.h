@@ -32,20 +32,28 @@ struct pa_spool_stats {
 
 struct pa_spool;
 
+/* Files one service keeps in the spool, besides PYROAGENT_SPOOL_MAX: past
+ * it the oldest go first, as for the size cap. Small profiles would
+ * otherwise fill a directory with more files than a scan reads. */
+#define PA_SPOOL_MAX_FILES 4096
+
 /* Opens (creating it 0700 if needed) a spool directory for one service,
  * removing temporary files a killed writer left behind (older than 10
  * minutes). Returns 0, or -errno with the directory refused
  * (world-writable without the sticky bit, not a directory). */
 int pa_spool_open(struct pa_spool **out, const char *dir, const char *service,
 		  int64_t max_bytes, int64_t max_age_ns);
-void pa_spool_close(
-    struct pa_spool *s); /* accepts NULL; releases a held record */
+/* Accepts NULL; releases a held record. */
+void pa_spool_close(struct pa_spool *s);
+/* For tests: a lower file cap than PA_SPOOL_MAX_FILES. */
+void pa_spool_set_max_files(struct pa_spool *s, int n);
 /* In a child after fork: drops the child's copy of the held record's
  * descriptor (the parent keeps its lock); frees nothing. Accepts NULL. */
 void pa_spool_atfork_child(struct pa_spool *s);
 
 /* Writes one record atomically (temp file 0600, O_NOFOLLOW, rename),
- * removing the oldest files first when the cap would be passed. */
+ * removing the oldest files first when a cap (bytes, files) would be
+ * passed. */
 int pa_spool_put(struct pa_spool *s, const struct pa_spool_record *r);
 
 /* The oldest replayable record of this service, locked against other

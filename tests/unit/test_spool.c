@@ -199,6 +199,33 @@ TEST(spool_cap_drops_oldest_and_counts)
 	pa_spool_close(s);
 }
 
+/* Small profiles must not pile up past what a scan reads: a file cap
+ * too, oldest first, whatever the size cap leaves room for. */
+TEST(spool_file_cap_drops_oldest)
+{
+	char *dir = temp_dir();
+	struct pa_spool *s;
+	CHECK_EQ_INT(pa_spool_open(&s, dir, "svc", 64 << 20, 55 * MINUTE_NS),
+		     0);
+	pa_spool_set_max_files(s, 5);
+	int64_t t = now_ns();
+	char names[8][8];
+	for (int i = 0; i < 8; i++) {
+		snprintf(names[i], sizeof(names[i]), "r%d", i);
+		struct pa_spool_record r = record(t - 8000 + i * 1000, names[i]);
+		CHECK_EQ_INT(pa_spool_put(s, &r), 0);
+	}
+	CHECK_EQ_INT(pa_spool_count(s), 5);
+	struct pa_spool_stats st;
+	pa_spool_stats(s, &st);
+	CHECK_EQ_INT(st.dropped_full, 3);
+	struct pa_spool_record got;
+	CHECK_EQ_INT(pa_spool_next(s, &got), 0);
+	CHECK_EQ_STR(got.labels[0].value, "r3");
+	pa_spool_done(s);
+	pa_spool_close(s);
+}
+
 TEST(spool_never_replays_past_the_ingestion_window)
 {
 	char *dir = temp_dir();
