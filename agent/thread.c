@@ -2,6 +2,7 @@
  * context) and the fork gate between agent threads and fork(). */
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -46,63 +47,46 @@ static struct {
 	int stalled;
 } gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
 
-static void gate_in_locked(void)
+/* The calling thread goes in (waiting while a fork is in progress) or
+ * out (the last one out frees the forks waiting for it). errno kept. */
+static void gate_step(bool in)
 {
-	while (gate.forks)
-		pthread_cond_wait(&gate.cv, &gate.mu);
-	gate.inside++;
-}
-
-static void gate_out_locked(void)
-{
-	if (gate.inside > 0 && --gate.inside == 0) {
+	int saved = errno;
+	pthread_mutex_lock(&gate.mu);
+	if (in) {
+		while (gate.forks)
+			pthread_cond_wait(&gate.cv, &gate.mu);
+		gate.inside++;
+	} else if (gate.inside > 0 && --gate.inside == 0) {
 		gate.stalled = 0;
 		pthread_cond_broadcast(&gate.cv);
 	}
+	pthread_mutex_unlock(&gate.mu);
+	errno = saved;
 }
 
 void pa_gate_enter(void)
 {
-	if (pa_self.gate_depth++ > 0)
-		return;
-	int saved = errno;
-	pthread_mutex_lock(&gate.mu);
-	gate_in_locked();
-	pthread_mutex_unlock(&gate.mu);
-	errno = saved;
+	if (pa_self.gate_depth++ == 0)
+		gate_step(true);
 }
 
 void pa_gate_leave(void)
 {
-	if (pa_self.gate_depth <= 0 || --pa_self.gate_depth > 0)
-		return;
-	int saved = errno;
-	pthread_mutex_lock(&gate.mu);
-	gate_out_locked();
-	pthread_mutex_unlock(&gate.mu);
-	errno = saved;
+	if (pa_self.gate_depth > 0 && --pa_self.gate_depth == 0)
+		gate_step(false);
 }
 
 void pa_gate_pause(void)
 {
-	if (pa_self.gate_depth <= 0)
-		return;
-	int saved = errno;
-	pthread_mutex_lock(&gate.mu);
-	gate_out_locked();
-	pthread_mutex_unlock(&gate.mu);
-	errno = saved;
+	if (pa_self.gate_depth > 0)
+		gate_step(false);
 }
 
 void pa_gate_resume(void)
 {
-	if (pa_self.gate_depth <= 0)
-		return;
-	int saved = errno;
-	pthread_mutex_lock(&gate.mu);
-	gate_in_locked();
-	pthread_mutex_unlock(&gate.mu);
-	errno = saved;
+	if (pa_self.gate_depth > 0)
+		gate_step(true);
 }
 
 int pa_gate_fork_prepare(void)
