@@ -62,6 +62,13 @@ static pid_t gettid_raw(void)
 	return (pid_t)syscall(SYS_gettid);
 }
 
+/* The calling thread's id: known, or asked (async-signal-safe). */
+static pid_t self_tid(void)
+{
+	pid_t tid = (pid_t)pa_self.tid;
+	return tid ? tid : gettid_raw();
+}
+
 /* ---- the handler (signal context) -------------------------------------- */
 
 /* The slot of tid, read without the lock: slots move under cpu.mu while
@@ -270,9 +277,7 @@ void pa_cpu_thread_start(void)
 {
 	if (!sampling() || cpu.itimer || pa_self.is_agent)
 		return;
-	pid_t tid = (pid_t)pa_self.tid;
-	if (!tid)
-		tid = gettid_raw();
+	pid_t tid = self_tid();
 	pthread_mutex_lock(&cpu.mu);
 	/* A slot under this id may be stale: a thread that ended without
 	 * its destructors (raw exit) left its timer, and the kernel reused
@@ -707,9 +712,7 @@ void pa_cpu_exec_begin(struct pa_cpu_exec *st)
 			    0)
 				st->itimer_off = 1;
 		} else {
-			pid_t tid = (pid_t)pa_self.tid;
-			if (!tid)
-				tid = gettid_raw();
+			pid_t tid = self_tid();
 			/* Bounded: exec is async-signal-safe, and a handler
 			 * may have interrupted this thread holding the lock. */
 			if (lock_bounded()) {
@@ -740,9 +743,7 @@ void pa_cpu_exec_end(struct pa_cpu_exec *st)
 	if (st->itimer_off && sampling())
 		real_setitimer_call(ITIMER_PROF, &st->old, NULL);
 	if (st->timer_off) {
-		pid_t tid = (pid_t)pa_self.tid;
-		if (!tid)
-			tid = gettid_raw();
+		pid_t tid = self_tid();
 		if (lock_bounded()) {
 			struct timer_slot *s = slot_find(tid, 0);
 			if (s)
