@@ -6,7 +6,8 @@ set -eu
 PACKAGES="build-essential pkg-config libunwind-dev libprotobuf-c-dev
 protobuf-c-compiler libcurl4-openssl-dev libzstd-dev zlib1g-dev
 libmicrohttpd-dev golang-go python3 python3-pytest python3-yaml curl
-libjemalloc-dev libjemalloc2 binutils procps docker-compose libc6-dbg"
+libjemalloc-dev libjemalloc2 binutils procps docker-compose libc6-dbg
+openssl"
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "setup-deps: this is not a Debian/Ubuntu system; install the equivalents of:" >&2
