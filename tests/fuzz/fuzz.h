@@ -58,6 +58,25 @@ static inline char *fz_cstr(const uint8_t *data, size_t size)
 	return s;
 }
 
+/* An ASCII upper-case copy of s (len bytes), owned by the caller: for
+ * checking that a parser ignores case. */
+static inline char *fz_upper(const char *s, size_t len)
+{
+	char *up = fz_cstr((const uint8_t *)s, len);
+	for (size_t i = 0; i < len; i++)
+		if (up[i] >= 'a' && up[i] <= 'z')
+			up[i] = (char)(up[i] - 32);
+	return up;
+}
+
+/* p is a NUL-terminated string inside buf[0..cap): what a parser that
+ * writes into a caller's buffer may hand back. */
+static inline bool fz_inside(const char *p, const char *buf, size_t cap)
+{
+	return buf && p >= buf && p < buf + cap &&
+	       memchr(p, 0, cap - (size_t)(p - buf));
+}
+
 /* A cursor over the input for structured targets. */
 struct fz_in {
 	const uint8_t *p;

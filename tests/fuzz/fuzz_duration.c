@@ -97,10 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_CHECK(want < 0 ? rc == -EINVAL : rc == 0 && ns == want);
 
 	/* Units are case-insensitive (the micro sign has no case here). */
-	char *up = fz_cstr((const uint8_t *)s, len);
-	for (size_t i = 0; i < len; i++)
-		if (up[i] >= 'a' && up[i] <= 'z')
-			up[i] = (char)(up[i] - 32);
+	char *up = fz_upper(s, len);
 	int64_t ns_up;
 	FZ_CHECK(parse(up, &ns_up) == rc);
 	if (rc == 0)

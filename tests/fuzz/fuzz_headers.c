@@ -3,7 +3,7 @@
  * the loader. Input: byte 0 picks max, byte 1 the buffer size, the rest
  * is the JSON text. */
 #include "config.h"
-#include "fuzz.h"
+#include "fuzz_pairs.h"
 
 extern char **environ;
 
@@ -42,19 +42,13 @@ static bool ieq(const char *a, const char *b)
 	}
 }
 
-static bool inside(const char *p, const char *buf, size_t cap)
-{
-	return buf && p >= buf && p < buf + cap &&
-	       memchr(p, 0, cap - (size_t)(p - buf));
-}
-
 static void check_headers(const struct pa_label *h, int n, int max,
 			  const char *buf, size_t cap)
 {
 	FZ_CHECK(n >= 0 && n <= max && n <= 64);
 	for (int i = 0; i < n; i++) {
-		FZ_CHECK(inside(h[i].name, buf, cap));
-		FZ_CHECK(inside(h[i].value, buf, cap));
+		FZ_CHECK(fz_inside(h[i].name, buf, cap));
+		FZ_CHECK(fz_inside(h[i].value, buf, cap));
 		const char *k = h[i].name, *v = h[i].value;
 		size_t kn = strlen(k), vn = strlen(v);
 		FZ_CHECK(kn > 0 && kn <= 256);
@@ -72,18 +66,6 @@ static void check_headers(const struct pa_label *h, int n, int max,
 		for (int j = 0; j < i; j++)
 			FZ_CHECK(!ieq(k, h[j].name));
 	}
-}
-
-static bool same(const struct pa_label *a, int na, const struct pa_label *b,
-		 int nb)
-{
-	if (na != nb)
-		return false;
-	for (int i = 0; i < na; i++)
-		if (strcmp(a[i].name, b[i].name) ||
-		    strcmp(a[i].value, b[i].value))
-			return false;
-	return true;
 }
 
 /* Next code point of valid UTF-8. */
@@ -153,7 +135,7 @@ static void round_trip(const struct pa_label *h, int n, bool all_u)
 	char *abuf = malloc(cap);
 	int an = -1;
 	FZ_CHECK(pa_config_parse_headers(t, again, 64, &an, abuf, cap) == 0);
-	FZ_CHECK(same(h, n, again, an));
+	FZ_CHECK(fz_pairs_same(h, n, again, an));
 	free(abuf);
 	free(t);
 }
@@ -165,31 +147,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	unsigned mode = fz_u8(&in);
 	char *s = fz_cstr(in.p, in.n);
 	size_t len = strlen(s);
-	size_t cap = (mode & 3) == 0   ? len + 1
-		     : (mode & 3) == 1 ? (mode >> 2)
-		     : (mode & 3) == 2 ? 0
-				       : len / 2 + 1;
-	char *buf = cap ? malloc(cap) : NULL;
-	char *buf0 = cap ? malloc(cap) : NULL;
-	size_t osz = (size_t)max * sizeof(struct pa_label);
-	struct pa_label *out = max ? malloc(osz) : NULL;
-	struct pa_label *out0 = max ? malloc(osz) : NULL;
-	if ((cap && (!buf || !buf0)) || (max && (!out || !out0)))
-		abort();
-	if (cap)
-		memset(buf, 0xa5, cap), memcpy(buf0, buf, cap);
-	if (max)
-		memset(out, 0x5a, osz), memcpy(out0, out, osz);
-	int n = -77;
-	int rc = pa_config_parse_headers(s, out, max, &n, buf, cap);
-	FZ_CHECK(rc == 0 || rc == -EINVAL);
-	if (rc) {
-		FZ_CHECK(n == -77);
-		FZ_CHECK(!cap || memcmp(buf, buf0, cap) == 0);
-		FZ_CHECK(!max || memcmp(out, out0, osz) == 0);
-	} else {
-		check_headers(out, n, max, buf, cap);
-	}
+	struct fz_pairs r =
+	    fz_pairs_call(pa_config_parse_headers, s, max, mode);
+	int rc = r.rc, n = r.n;
+	struct pa_label *out = r.out;
+	if (rc == 0)
+		check_headers(out, n, max, r.buf, r.cap);
 
 	struct pa_label full[64];
 	char *fbuf = malloc(len + 1);
@@ -197,7 +160,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int frc = pa_config_parse_headers(s, full, 64, &fn, fbuf, len + 1);
 	FZ_CHECK(frc == 0 || frc == -EINVAL);
 	if (rc == 0)
-		FZ_CHECK(frc == 0 && same(out, n, full, fn));
+		FZ_CHECK(frc == 0 && fz_pairs_same(out, n, full, fn));
 	if (frc == 0) {
 		check_headers(full, fn, 64, fbuf, len + 1);
 		round_trip(full, fn, false);
@@ -212,16 +175,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			environ = env;
 			pa_config_load(&cfg);
 			environ = saved;
-			FZ_CHECK(same(cfg.headers, cfg.nheaders, full, fn));
+			FZ_CHECK(
+			    fz_pairs_same(cfg.headers, cfg.nheaders, full, fn));
 			pa_config_free(&cfg);
 			free(e);
 		}
 	}
 	free(fbuf);
-	free(buf);
-	free(buf0);
-	free(out);
-	free(out0);
+	fz_pairs_free(&r);
 	free(s);
 	return 0;
 }

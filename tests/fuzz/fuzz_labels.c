@@ -2,7 +2,7 @@
  * bounds (max, buffer size), and its agreement with the loader. Input:
  * byte 0 picks max, byte 1 the buffer size, the rest is the string. */
 #include "config.h"
-#include "fuzz.h"
+#include "fuzz_pairs.h"
 
 extern char **environ;
 
@@ -19,20 +19,14 @@ static bool is_control(const unsigned char *p, size_t n)
 	return false;
 }
 
-static bool inside(const char *p, const char *buf, size_t cap)
-{
-	return buf && p >= buf && p < buf + cap &&
-	       memchr(p, 0, cap - (size_t)(p - buf));
-}
-
 /* Everything a successful parse promises. */
 static void check_labels(const struct pa_label *l, int n, int max,
 			 const char *buf, size_t cap)
 {
 	FZ_CHECK(n >= 0 && n <= max && n <= 64);
 	for (int i = 0; i < n; i++) {
-		FZ_CHECK(inside(l[i].name, buf, cap));
-		FZ_CHECK(inside(l[i].value, buf, cap));
+		FZ_CHECK(fz_inside(l[i].name, buf, cap));
+		FZ_CHECK(fz_inside(l[i].value, buf, cap));
 		FZ_CHECK(pa_config_label_name_ok(l[i].name));
 		const char *v = l[i].value;
 		size_t vn = strlen(v);
@@ -48,18 +42,6 @@ static void check_labels(const struct pa_label *l, int n, int max,
 	}
 }
 
-static bool same_labels(const struct pa_label *a, int na,
-			const struct pa_label *b, int nb)
-{
-	if (na != nb)
-		return false;
-	for (int i = 0; i < na; i++)
-		if (strcmp(a[i].name, b[i].name) ||
-		    strcmp(a[i].value, b[i].value))
-			return false;
-	return true;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct fz_in in = {data, size};
@@ -67,35 +49,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	unsigned mode = fz_u8(&in);
 	char *s = fz_cstr(in.p, in.n);
 	size_t len = strlen(s);
-	size_t cap = (mode & 3) == 0   ? len + 1
-		     : (mode & 3) == 1 ? (mode >> 2)
-		     : (mode & 3) == 2 ? 0
-				       : len / 2 + 1;
-
-	/* Exact sizes, so that ASan sees any write past them. */
-	char *buf = cap ? malloc(cap) : NULL;
-	struct pa_label *out = max ? malloc((size_t)max * sizeof(*out)) : NULL;
-	char *buf0 = cap ? malloc(cap) : NULL;
-	struct pa_label *out0 = max ? malloc((size_t)max * sizeof(*out)) : NULL;
-	if ((cap && (!buf || !buf0)) || (max && (!out || !out0)))
-		abort();
-	if (cap)
-		memset(buf, 0xa5, cap), memcpy(buf0, buf, cap);
-	if (max)
-		memset(out, 0x5a, (size_t)max * sizeof(*out)),
-		    memcpy(out0, out, (size_t)max * sizeof(*out));
-	int n = -77;
-	int rc = pa_config_parse_labels(s, out, max, &n, buf, cap);
-	FZ_CHECK(rc == 0 || rc == -EINVAL);
-	if (rc) {
-		/* Nothing written on error. */
-		FZ_CHECK(n == -77);
-		FZ_CHECK(!cap || memcmp(buf, buf0, cap) == 0);
-		FZ_CHECK(!max ||
-			 memcmp(out, out0, (size_t)max * sizeof(*out)) == 0);
-	} else {
-		check_labels(out, n, max, buf, cap);
-	}
+	struct fz_pairs r = fz_pairs_call(pa_config_parse_labels, s, max, mode);
+	int rc = r.rc, n = r.n;
+	struct pa_label *out = r.out;
+	if (rc == 0)
+		check_labels(out, n, max, r.buf, r.cap);
 
 	/* The documented sufficient room: strlen + 1 bytes, 64 labels. */
 	struct pa_label full[64];
@@ -105,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_CHECK(frc == 0 || frc == -EINVAL);
 	if (rc == 0) {
 		/* More room never hurts. */
-		FZ_CHECK(frc == 0 && same_labels(out, n, full, fn));
+		FZ_CHECK(frc == 0 && fz_pairs_same(out, n, full, fn));
 	}
 	if (frc == 0) {
 		check_labels(full, fn, 64, fbuf, len + 1);
@@ -124,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		int an = -1;
 		FZ_CHECK(
 		    pa_config_parse_labels(t, again, 64, &an, abuf, tcap) == 0);
-		FZ_CHECK(same_labels(full, fn, again, an));
+		FZ_CHECK(fz_pairs_same(full, fn, again, an));
 		free(abuf);
 		free(t);
 
@@ -140,16 +98,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			pa_config_load(&cfg);
 			environ = saved;
 			FZ_CHECK(
-			    same_labels(cfg.labels, cfg.nlabels, full, fn));
+			    fz_pairs_same(cfg.labels, cfg.nlabels, full, fn));
 			pa_config_free(&cfg);
 			free(e);
 		}
 	}
 	free(fbuf);
-	free(buf);
-	free(buf0);
-	free(out);
-	free(out0);
+	fz_pairs_free(&r);
 	free(s);
 	return 0;
 }

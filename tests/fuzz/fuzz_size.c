@@ -59,10 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int64_t want = ref_size(s);
 	FZ_CHECK(want < 0 ? rc == -EINVAL : rc == 0 && b == want);
 
-	char *up = fz_cstr((const uint8_t *)s, len);
-	for (size_t i = 0; i < len; i++)
-		if (up[i] >= 'a' && up[i] <= 'z')
-			up[i] = (char)(up[i] - 32);
+	char *up = fz_upper(s, len);
 	int64_t b_up;
 	FZ_CHECK(parse(up, &b_up) == rc);
 	if (rc == 0)
