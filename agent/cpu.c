@@ -594,8 +594,7 @@ void pa_cpu_stop(void)
 void pa_cpu_atfork_child(void)
 {
 	/* POSIX timers and itimers are not inherited by the child. */
-	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-	memcpy(&cpu.mu, &fresh, sizeof(fresh));
+	pa_thread_reset_lock(&cpu.mu, NULL);
 	memset(cpu.slots, 0, sizeof(cpu.slots));
 	cpu.table_full = 0;
 	if (!sampling())

@@ -485,10 +485,7 @@ void pa_export_stop(int64_t timeout_ns)
 
 void pa_export_atfork_child(void)
 {
-	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-	pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-	memcpy(&ctl.mu, &mu, sizeof(mu));
-	memcpy(&ctl.cv, &cv, sizeof(cv));
+	pa_thread_reset_lock(&ctl.mu, &ctl.cv);
 	ctl.running = 0;
 	ctl.stop = 0;
 	ctl.stopped = 0;

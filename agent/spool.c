@@ -19,10 +19,11 @@
 #include "log.h"
 #include "spool.h"
 
-#define MAGIC	     "PYROSPL1"
-#define MAGIC_LEN    8
-#define FIXED_HEADER (MAGIC_LEN + 4 + 4) /* magic, header length, header crc   \
-					  */
+#define MAGIC	  "PYROSPL1"
+#define MAGIC_LEN 8
+#define FIXED_HEADER                                                           \
+	(MAGIC_LEN + 4 + 4) /* magic, header length, header crc                \
+			     */
 #define MAX_HEADER (64u << 10)
 #define MAX_FILE   (PA_SPOOL_MAX_PROFILE + MAX_HEADER + 4096)
 /* Entries a scan reads at most (a directory someone filled with other

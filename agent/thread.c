@@ -125,14 +125,20 @@ void pa_gate_fork_parent(void)
 	errno = saved;
 }
 
+void pa_thread_reset_lock(pthread_mutex_t *mu, pthread_cond_t *cv)
+{
+	const pthread_mutex_t fresh_mu = PTHREAD_MUTEX_INITIALIZER;
+	const pthread_cond_t fresh_cv = PTHREAD_COND_INITIALIZER;
+	memcpy(mu, &fresh_mu, sizeof(fresh_mu));
+	if (cv)
+		memcpy(cv, &fresh_cv, sizeof(fresh_cv));
+}
+
 void pa_gate_fork_child(void)
 {
 	/* Only the forking thread exists: whoever held the mutex or was
 	 * inside is gone. */
-	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-	pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-	memcpy(&gate.mu, &mu, sizeof(mu));
-	memcpy(&gate.cv, &cv, sizeof(cv));
+	pa_thread_reset_lock(&gate.mu, &gate.cv);
 	gate.inside = 0;
 	gate.forks = 0;
 	gate.stalled = 0;

@@ -5,6 +5,7 @@
 #ifndef PA_THREAD_H
 #define PA_THREAD_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -47,6 +48,12 @@ static inline void pa_thread_leave(void)
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
 	pa_self.busy = 0;
 }
+
+/* In a child after fork, where only the calling thread exists: a mutex
+ * (and condition, cv may be NULL) that another thread of the parent may
+ * have held, made new. Never destroyed or unlocked: that is undefined for
+ * a mutex held by a thread that is gone. */
+void pa_thread_reset_lock(pthread_mutex_t *mu, pthread_cond_t *cv);
 
 /*
  * The fork gate. fork() copies every lock as it is; glibc resets its

@@ -734,11 +734,8 @@ void pa_upload_atfork_child(void)
 	 * rather than be touched (curl_easy_cleanup would shut down the
 	 * parent's connection and TLS session). */
 	pa_spool_atfork_child(up.spool);
-	pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-	pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-	memcpy(&up.mu, &mu, sizeof(mu));
-	memcpy(&up.cv, &cv, sizeof(cv));
-	memcpy(&spool_mu, &mu, sizeof(mu));
+	pa_thread_reset_lock(&up.mu, &up.cv);
+	pa_thread_reset_lock(&spool_mu, NULL);
 	memset(up.q, 0, sizeof(up.q));
 	up.head = up.count = 0;
 	up.bytes = 0;
