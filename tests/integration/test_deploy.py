@@ -178,25 +178,34 @@ def test_entrypoint_runs_the_command_when_the_agent_cannot_load(tmp_path):
 
 
 def test_entrypoint_runs_the_command_when_the_loader_refuses_the_agent(tmp_path):
-    """A library the loader cannot satisfy (a dependency or a glibc symbol
-    version the image lacks) makes it refuse to start any program: the
-    probe sees that, and the command still starts, unprofiled."""
-    src = tmp_path / "x.c"
-    src.write_text("int ghost(void); int use(void) { return ghost(); }\n")
+    """A library the loader cannot satisfy (a glibc symbol version the
+    image lacks) makes it refuse to start any program: the probe sees
+    that, and the command still starts, unprofiled."""
+    # What an image with a glibc older than the agent's does: a symbol
+    # version the library needs is missing, and the loader stops every
+    # program ("version `GLIBC_2.34' not found"). Mimicked with a library
+    # of our own whose version node is replaced after linking against it.
     (tmp_path / "g.c").write_text("int ghost(void) { return 1; }\n")
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", tmp_path / "libghost.so", tmp_path / "g.c"],
-                   check=True)
+    (tmp_path / "x.c").write_text("int ghost(void); int use(void) { return ghost(); }\n")
+    ghost = tmp_path / "libghost.so"
+
+    def build_ghost(node):
+        (tmp_path / "v.map").write_text(f"{node} {{ global: ghost; local: *; }};\n")
+        subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,--version-script={tmp_path / 'v.map'}",
+                        "-Wl,-soname,libghost.so", "-o", ghost, tmp_path / "g.c"], check=True)
+
+    build_ghost("GHOST_1.0")
     lib = tmp_path / "libpyroagent.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, src, f"-L{tmp_path}", "-lghost"],
-                   check=True)
-    (tmp_path / "libghost.so").unlink()  # now the loader fails with exit 127
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, tmp_path / "x.c", f"-L{tmp_path}",
+                    "-lghost", f"-Wl,-rpath,{tmp_path}"], check=True)
+    build_ghost("GHOST_0.9")  # now: version `GHOST_1.0' not found
     p = subprocess.run(["sh", str(ENTRYPOINT), "sh", "-c", "echo ran; exit 7"],
                        env=entrypoint_env({"PYROAGENT_LIB": str(lib)}),
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 7 and p.stdout == "ran\n", p.stderr
     lines = [l for l in p.stderr.splitlines() if l.startswith("pyroagent-entrypoint:")]
     assert len(lines) == 1 and "does not load in this image" in lines[0], p.stderr
-    assert "libghost.so" in lines[0], lines[0]
+    assert "GHOST_1.0" in lines[0], lines[0]
 
 
 def test_entrypoint_files_only_when_the_address_is_set_empty(tmp_path):
