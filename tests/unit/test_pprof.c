@@ -539,6 +539,29 @@ TEST(pprof_go_tool_reads_memory_profile)
 	env_free(&e);
 }
 
+/* A module the agent found no name in is left to Pyroscope's symbolizer:
+ * has_functions only where something was named. */
+TEST(pprof_unnamed_mapping_is_left_to_the_server)
+{
+	struct env e = env_new();
+	struct pa_pprof *p = cpu_new(0, 0, 0);
+	uint64_t a[] = {PC(pprof_fn_leaf), PC(pprof_fn_root)};
+	add_cpu(p, a, 2, NULL, 1);
+	/* The modules, but no symbol tables: every frame is [unknown]. */
+	struct env bare = {e.mods, NULL};
+	Profile *pr = encode_check(p, &bare, 16000, 1800 * 1024, NULL, NULL);
+	CHECK_EQ_INT(pr->n_mapping, 1);
+	CHECK(!pr->mapping[0]->has_functions);
+	perftools__profiles__profile__free_unpacked(pr, NULL);
+	/* The same with symbols: named, so the server leaves it alone. */
+	add_cpu(p, a, 2, NULL, 1);
+	pr = encode_check(p, &e, 16000, 1800 * 1024, NULL, NULL);
+	CHECK(pr->mapping[0]->has_functions);
+	perftools__profiles__profile__free_unpacked(pr, NULL);
+	pa_pprof_free(p);
+	env_free(&e);
+}
+
 TEST(pprof_mappings_locations_functions)
 {
 	struct env e = env_new();
