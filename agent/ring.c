@@ -38,6 +38,16 @@
  * code there is bounded and never blocks); if its thread is stopped (a
  * debugger holding one thread), the ring fills and new samples are
  * dropped and counted until it runs again.
+ *
+ * Rewind. A ring that cycled through all its bytes would keep every page
+ * resident and every record cold in the caches, though the consumer
+ * usually keeps up within a few hundred KiB. So when the consumer finds
+ * the ring empty past REWIND_AT, it moves the reservation end (by a CAS
+ * on enq that fails if a producer reserved meanwhile) and then deq to the
+ * start of the next lap: the bytes skipped are free space, zeroed, and
+ * nobody reserved them. Producers come back to the first pages, warm in
+ * the caches, and the pages past REWIND_AT are touched only by a burst
+ * that outran the consumer.
  */
 struct rec {
 	uint64_t hdr; /* 0 until committed; then length | REC_PAD */
@@ -51,6 +61,9 @@ struct rec {
 #define ALIGN_UP(v, a) (((v) + (a)-1) & ~((uint64_t)(a)-1))
 /* A full-size record. */
 #define REC_FULL ALIGN_UP(sizeof(struct rec), CACHELINE)
+/* Rewind point: 16 full records in, or half the ring if less (never less
+ * than one record). */
+#define REWIND_AT (16 * REC_FULL)
 
 struct pa_ring {
 	/* Written once by pa_ring_new. */
@@ -62,6 +75,7 @@ struct pa_ring {
 	/* Consumer's position: written by the agent thread only (release,
 	 * after zeroing what it hands back), read by producers. */
 	uint64_t deq __attribute__((aligned(CACHELINE)));
+	uint64_t touched; /* consumer's: the highest offset handed back */
 	uint64_t dropped __attribute__((aligned(CACHELINE)));
 };
 
@@ -91,6 +105,7 @@ int pa_ring_new(struct pa_ring **out, unsigned nslots)
 	r->data = (uint8_t *)map + data_off;
 	r->enq = 0;
 	r->deq = 0;
+	r->touched = 0;
 	r->dropped = 0;
 	/* Producers on other threads see the ring through whatever publishes
 	 * *out (the agent's state, stored after it). */
@@ -197,7 +212,25 @@ static void hand_back(struct pa_ring *r, uint64_t off, uint64_t len)
 {
 	for (uint64_t o = off; o < off + len; o += CACHELINE)
 		*hdr_at(r, o) = 0;
+	if (off + len > r->touched)
+		r->touched = off + len;
 	__atomic_store_n(&r->deq, r->deq + len, __ATOMIC_RELEASE);
+}
+
+/* Consumer, the ring found empty at offset off: back to the first bytes
+ * (see Rewind above). Past the rewind point, off >= REC_FULL: a producer
+ * that reserves at the new lap's start while deq is still the old one
+ * finds room (the full check then sees size - off + REC_FULL <= size). */
+static void rewind_if_far(struct pa_ring *r, uint64_t off)
+{
+	uint64_t at = r->size / 2 < REWIND_AT ? r->size / 2 : REWIND_AT;
+	if (off < at || off < REC_FULL)
+		return;
+	uint64_t deq = r->deq, to = deq + (r->size - off);
+	if (!__atomic_compare_exchange_n(&r->enq, &deq, to, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return; /* not empty any more: a producer reserved at deq */
+	__atomic_store_n(&r->deq, to, __ATOMIC_RELEASE);
 }
 
 /*
@@ -212,8 +245,10 @@ struct pa_sample *pa_ring_next(struct pa_ring *r)
 	for (;;) {
 		uint64_t off = r->deq % r->size;
 		uint64_t h = __atomic_load_n(hdr_at(r, off), __ATOMIC_ACQUIRE);
-		if (!h)
+		if (!h) {
+			rewind_if_far(r, off);
 			return NULL;
+		}
 		if (h & REC_PAD) {
 			hand_back(r, off, h & REC_LEN);
 			continue;
@@ -236,6 +271,11 @@ void pa_ring_release(struct pa_ring *r, struct pa_sample *s)
 	if (!h || (h & REC_PAD))
 		return;
 	hand_back(r, off, h & REC_LEN);
+}
+
+uint64_t pa_ring_touched(const struct pa_ring *r)
+{
+	return r ? r->touched : 0;
 }
 
 uint64_t pa_ring_dropped(const struct pa_ring *r)

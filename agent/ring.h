@@ -68,5 +68,8 @@ struct pa_sample *pa_ring_next(struct pa_ring *r);
 void pa_ring_release(struct pa_ring *r, struct pa_sample *s);
 
 uint64_t pa_ring_dropped(const struct pa_ring *r);
+/* Consumer: the highest byte offset of the ring ever handed back, i.e. how
+ * much of it records have used (the rest was never touched). */
+uint64_t pa_ring_touched(const struct pa_ring *r);
 
 #endif
