@@ -17,7 +17,12 @@
 #include "ring.h"
 #include "unwind.h"
 
-struct pa_heap pa_heap;
+uint8_t pa_heap_boot_filter[PA_HEAP_FILTER_SIZE];
+struct pa_heap pa_heap = {
+    .filter = pa_heap_boot_filter,
+    .hot_malloc = pa_heap_boot_malloc,
+    .hot_free = pa_heap_free_slow,
+};
 unsigned char pa_heap_boot[PA_HEAP_BOOT_SIZE] __attribute__((aligned(4096)));
 
 static uint64_t boot_used;
@@ -53,7 +58,14 @@ void pa_heap_resolve(void)
 		return;
 	int saved = errno;
 	RESOLVE(malloc);
+	/* From here on dlsym's own allocations reach the real malloc. */
+	if (pa_heap.real.malloc)
+		__atomic_store_n(&pa_heap.hot_malloc, pa_heap.real.malloc,
+				 __ATOMIC_RELEASE);
 	RESOLVE(free);
+	if (pa_heap.real.free)
+		__atomic_store_n(&pa_heap.hot_free, pa_heap.real.free,
+				 __ATOMIC_RELEASE);
 	RESOLVE(calloc);
 	RESOLVE(realloc);
 	RESOLVE(reallocarray);
@@ -73,6 +85,30 @@ void pa_heap_resolve(void)
 	 * looked up on their first call instead. */
 	errno = saved;
 	__atomic_store_n(&resolve_state, 2, __ATOMIC_RELEASE);
+}
+
+/* Marks [lo, hi) of the pool "maybe" in filter f, for good (a saturated
+ * counter is never decremented): free() then takes its slow path, which
+ * knows pool blocks. */
+static void mark_boot(const uint8_t *f, uint64_t lo, uint64_t hi)
+{
+	uint8_t *w = (uint8_t *)(uintptr_t)f;
+	for (uint64_t o = lo & ~(uint64_t)63; o < hi; o += 64)
+		__atomic_store_n(
+		    &w[pa_live_filter_slot(pa_heap_boot + o,
+					   PA_HEAP_FILTER_SIZE - 1)],
+		    255, __ATOMIC_RELAXED);
+}
+
+/* A new prefilter takes over (its table set up before): published first,
+ * then marked for the pool's blocks so far; a block handed out later
+ * marks the published one itself. Sequentially consistent with the
+ * pool's bump: every block is marked in the filter that ends up
+ * published. */
+static void publish_filter(const uint8_t *f)
+{
+	__atomic_store_n(&pa_heap.filter, f, __ATOMIC_SEQ_CST);
+	mark_boot(f, 0, __atomic_load_n(&boot_used, __ATOMIC_SEQ_CST));
 }
 
 /* Bump allocation from a static, zeroed pool that is never reused: a
@@ -98,10 +134,13 @@ void *pa_heap_boot_alloc(size_t n, size_t align)
 			return NULL;
 		}
 		if (__atomic_compare_exchange_n(&boot_used, &off, end, true,
-						__ATOMIC_RELAXED,
+						__ATOMIC_SEQ_CST,
 						__ATOMIC_RELAXED)) {
 			uint64_t size = n;
 			memcpy(pa_heap_boot + start - 16, &size, sizeof(size));
+			mark_boot(
+			    __atomic_load_n(&pa_heap.filter, __ATOMIC_SEQ_CST),
+			    start - 16, end);
 			STAT_INC(boot_allocs);
 			return pa_heap_boot + start;
 		}
@@ -137,26 +176,35 @@ void *pa_heap_boot_calloc(size_t n, size_t m)
 	return pa_heap_boot_alloc(total, 16);
 }
 
+/* hot_free until the real free is known. */
 void pa_heap_free_slow(void *p)
 {
 	if (!p || pa_heap_is_boot(p))
 		return; /* pool blocks are never returned */
 	pa_heap_resolve();
-	if (PA_HEAP_REAL(free))
-		pa_heap_free(p);
+	void (*fn)(void *) = PA_HEAP_REAL(free);
+	if (fn)
+		fn(p); /* before the agent starts: no table to leave */
 	/* else: no allocator known yet, so p cannot be one of its blocks */
 }
 
-void pa_heap_free_live(void *p)
+/* Out of the live table if p may be in it, and then maybe really in it:
+ * the entry copied to *e. */
+static int unlive(void *p, struct pa_live_entry *e)
 {
-	pa_live_remove(pa_heap.live, p, NULL);
-	PA_HEAP_REAL(free)(p);
+	struct pa_live *t = pa_heap.live;
+	if (!t || !pa_heap_maybe_live(p))
+		return 0;
+	return pa_live_remove(t, p, e);
 }
 
-static void unlive(void *p)
+/* free() of a block the prefilter says "maybe" of. */
+void pa_heap_free_maybe(void *p)
 {
-	if (pa_heap_maybe_live(p))
-		pa_live_remove(pa_heap.live, p, NULL);
+	if (pa_heap_is_boot(p))
+		return;
+	unlive(p, NULL);
+	pa_heap.hot_free(p);
 }
 
 /* ---- the countdown and the weights --------------------------------------- */
@@ -399,8 +447,7 @@ void *pa_heap_realloc(void *old, size_t n)
 	int had = 0;
 	/* Out of the table before the real call (PITFALLS 8); back in if
 	 * the call fails and the old block stays. */
-	if (pa_heap_maybe_live(old))
-		had = pa_live_remove(pa_heap.live, old, &e);
+	had = unlive(old, &e);
 	/* The new block counts as a new allocation of n bytes (free, then
 	 * malloc). Unsampled old block and no sample due: a tail call. */
 	if (__builtin_expect(!had && pa_heap_count(n), 1))
@@ -523,7 +570,7 @@ void pa_heap_free_sized(void *p, size_t n)
 		pa_heap_free(p); /* glibc < 2.39: free is the next definition */
 		return;
 	}
-	unlive(p);
+	unlive(p, NULL);
 	fn(p, n);
 }
 
@@ -535,7 +582,7 @@ void pa_heap_free_aligned_sized(void *p, size_t align, size_t n)
 		pa_heap_free(p);
 		return;
 	}
-	unlive(p);
+	unlive(p, NULL);
 	fn(p, align, n);
 }
 
@@ -742,9 +789,7 @@ int pa_heap_start(const struct pa_config *cfg, struct pa_ring *ring,
 		rc = pa_live_new(&t, PA_LIVE_SLOTS);
 		if (rc == 0) {
 			pa_heap.live = t;
-			pa_heap.filter_mask = t->filter_mask;
-			__atomic_store_n(&pa_heap.filter, t->filter,
-					 __ATOMIC_RELEASE);
+			publish_filter(t->filter);
 		} else {
 			pa_warn("no memory for the live-heap table (errno %d): "
 				"inuse_* values off",
@@ -779,12 +824,9 @@ void pa_heap_atfork_child(struct pa_ring *ring)
 		/* The filter first: a free() from a signal handler on this
 		 * thread meanwhile asks the new table, which is empty. */
 		if (rc == 0) {
-			pa_heap.filter_mask = t->filter_mask;
-			__atomic_store_n(&pa_heap.filter, t->filter,
-					 __ATOMIC_RELEASE);
+			publish_filter(t->filter);
 		} else {
-			__atomic_store_n(&pa_heap.filter, NULL,
-					 __ATOMIC_RELEASE);
+			publish_filter(pa_heap_boot_filter);
 			pa_warn("no memory for the live-heap table in the "
 				"forked child (errno %d): inuse_* values off",
 				-rc);

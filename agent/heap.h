@@ -52,12 +52,20 @@ struct pa_heap_stats {
 	uint64_t null_returns;	 /* allocations that returned NULL */
 };
 
+/* The prefilter free() reads: always PA_HEAP_FILTER_SIZE counters (the
+ * live table's, or pa_heap_boot_filter while there is none), so that its
+ * mask is a constant in the hook. */
+#define PA_HEAP_FILTER_SIZE (PA_LIVE_SLOTS * PA_LIVE_FILTER_PER_SLOT)
+
 struct pa_heap {
 	/* The first cache line holds all that malloc and free read: the
-	 * live table's prefilter (NULL: PYROSCOPE_ALLOC_LIVE=false) and the
-	 * real malloc/free/calloc/realloc. */
-	uint8_t *filter;
-	uint64_t filter_mask;
+	 * prefilter, which says "maybe" for live sampled blocks and for the
+	 * bootstrap pool's blocks (never NULL), the functions the two hooks
+	 * forward to (a stub that resolves, then the real one), and the rest
+	 * of the real functions. */
+	const uint8_t *filter;
+	void *(*hot_malloc)(size_t);
+	void (*hot_free)(void *);
 	struct pa_heap_real real;
 	struct pa_live *live;
 	struct pa_ring *ring; /* where samples and mapping events go */
@@ -93,6 +101,12 @@ static inline bool pa_heap_is_boot(const void *p)
 {
 	return (uintptr_t)p - (uintptr_t)pa_heap_boot < PA_HEAP_BOOT_SIZE;
 }
+
+/* The prefilter while there is no live table (PYROSCOPE_ALLOC_LIVE=false,
+ * allocation profiling off, before the agent starts): all zero but for
+ * the bootstrap pool's blocks, which every prefilter marks "maybe" for
+ * good. Untouched pages cost no memory. */
+extern uint8_t pa_heap_boot_filter[PA_HEAP_FILTER_SIZE] PA_HIDDEN;
 
 /* ---- lifecycle (not hot path) -------------------------------------------- */
 
@@ -160,7 +174,7 @@ void *pa_heap_boot_malloc(size_t n);
 void *pa_heap_boot_calloc(size_t n, size_t m);
 void *pa_heap_sampled(void *p, size_t n);
 void pa_heap_free_slow(void *p);
-void pa_heap_free_live(void *p);
+void pa_heap_free_maybe(void *p);
 
 void *pa_heap_realloc(void *old, size_t n);
 void *pa_heap_reallocarray(void *old, size_t n, size_t m);
@@ -199,11 +213,14 @@ static inline bool pa_heap_count(size_t n)
 	return c > 0;
 }
 
+/* malloc and free are the hooks a program calls most: a few instructions
+ * each, no test for "not resolved yet" (hot_malloc and hot_free are stubs
+ * that resolve until then) nor for the bootstrap pool (its blocks are
+ * "maybe" in every prefilter). */
 static inline void *pa_heap_malloc(size_t n)
 {
-	void *(*fn)(size_t) = PA_HEAP_REAL(malloc);
-	if (__builtin_expect(!fn, 0))
-		return pa_heap_boot_malloc(n);
+	void *(*fn)(size_t) =
+	    __atomic_load_n(&pa_heap.hot_malloc, __ATOMIC_RELAXED);
 	if (__builtin_expect(pa_heap_count(n), 1))
 		return fn(n);
 	return pa_heap_sampled(fn(n), n);
@@ -222,31 +239,27 @@ static inline void *pa_heap_calloc(size_t n, size_t m)
 	return pa_heap_sampled(fn(n, m), total);
 }
 
-/* Hot path (free, realloc): false means the block is certainly not in the
- * live table. One relaxed load. (NULL may say maybe: the table never
- * holds it.) */
+/* Hot path (free, realloc): false means the block is certainly neither in
+ * the live table nor from the bootstrap pool. One relaxed load. (NULL may
+ * say maybe: the table never holds it.) */
 static inline bool pa_heap_maybe_live(const void *p)
 {
-	/* Acquire (a plain load on x86): published after filter_mask. */
+	/* Acquire (a plain load on x86): the table is set up before. */
 	const uint8_t *f = __atomic_load_n(&pa_heap.filter, __ATOMIC_ACQUIRE);
-	if (!f)
-		return false;
-	return __atomic_load_n(&f[pa_live_filter_slot(p, pa_heap.filter_mask)],
-			       __ATOMIC_RELAXED) != 0;
+	return __atomic_load_n(
+		   &f[pa_live_filter_slot(p, PA_HEAP_FILTER_SIZE - 1)],
+		   __ATOMIC_RELAXED) != 0;
 }
 
 static inline void pa_heap_free(void *p)
 {
-	void (*fn)(void *) = PA_HEAP_REAL(free);
-	if (__builtin_expect(!fn || pa_heap_is_boot(p), 0)) {
-		pa_heap_free_slow(p);
-		return;
-	}
+	void (*fn)(void *) =
+	    __atomic_load_n(&pa_heap.hot_free, __ATOMIC_RELAXED);
 	/* A sampled block leaves the live table before the real free (in
 	 * the slow path): once freed, the address may be handed out, and
 	 * sampled, again on another thread (PITFALLS 8). */
 	if (__builtin_expect(pa_heap_maybe_live(p), 0)) {
-		pa_heap_free_live(p);
+		pa_heap_free_maybe(p);
 		return;
 	}
 	fn(p);

@@ -13,6 +13,8 @@
 /* Default size: ~10,000 live samples (about 5 GiB live at 512k) fill 30%
  * of it; 1 MiB of slots plus a 128 KiB prefilter. */
 #define PA_LIVE_SLOTS (1u << 15)
+/* Prefilter counters per slot: ~n/(4*slots) false "maybe". */
+#define PA_LIVE_FILTER_PER_SLOT 4
 
 /* A consistent copy of one live entry. */
 struct pa_live_entry {
