@@ -92,12 +92,9 @@ void pa_heap_resolve(void)
  * knows pool blocks. */
 static void mark_boot(const uint8_t *f, uint64_t lo, uint64_t hi)
 {
-	uint8_t *w = (uint8_t *)(uintptr_t)f;
 	for (uint64_t o = lo & ~(uint64_t)63; o < hi; o += 64)
-		__atomic_store_n(
-		    &w[pa_live_filter_slot(pa_heap_boot + o,
-					   PA_HEAP_FILTER_SIZE - 1)],
-		    255, __ATOMIC_RELAXED);
+		pa_live_filter_pin((uint8_t *)(uintptr_t)f,
+				   PA_HEAP_FILTER_SIZE - 1, pa_heap_boot + o);
 }
 
 /* A new prefilter takes over (its table set up before): published first,
@@ -204,7 +201,7 @@ void pa_heap_free_maybe(void *p)
 	if (pa_heap_is_boot(p))
 		return;
 	unlive(p, NULL);
-	pa_heap.hot_free(p);
+	__atomic_load_n(&pa_heap.hot_free, __ATOMIC_RELAXED)(p);
 }
 
 /* ---- the countdown and the weights --------------------------------------- */

@@ -75,15 +75,15 @@ static uint64_t home(const struct pa_live *t, uint64_t addr)
 	return ((addr >> 4) * 0x9e3779b97f4a7c15ULL) >> t->slot_shift;
 }
 
-/* Counters saturate at 255 and then stay: a saturated bucket always says
- * "maybe", which costs a window scan but never loses a free. */
+/* Counters saturate at PA_LIVE_FILTER_PINNED and then stay: a saturated bucket
+ * always says "maybe", which costs a window scan but never loses a free. */
 static void filter_add(struct pa_live *t, uint64_t addr, int delta)
 {
 	uint8_t *c =
 	    &t->filter[pa_live_filter_index(t, (void *)(uintptr_t)addr)];
 	uint8_t v = __atomic_load_n(c, __ATOMIC_RELAXED);
 	for (;;) {
-		if (v == 255 || (delta < 0 && v == 0))
+		if (v == PA_LIVE_FILTER_PINNED || (delta < 0 && v == 0))
 			return;
 		uint8_t nv = (uint8_t)(v + delta);
 		if (__atomic_compare_exchange_n(

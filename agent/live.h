@@ -56,6 +56,18 @@ static inline size_t pa_live_filter_slot(const void *p, uint64_t mask)
 	return (size_t)(((uintptr_t)p >> 6) & mask);
 }
 
+/* A counter at this value says "maybe" for good: inserts and removes leave
+ * it alone. The table's counters saturate here; heap.c pins the lines of
+ * blocks that free() must always send to its slow path. */
+#define PA_LIVE_FILTER_PINNED 255
+
+static inline void pa_live_filter_pin(uint8_t *filter, uint64_t mask,
+				      const void *p)
+{
+	__atomic_store_n(&filter[pa_live_filter_slot(p, mask)],
+			 PA_LIVE_FILTER_PINNED, __ATOMIC_RELAXED);
+}
+
 static inline size_t pa_live_filter_index(const struct pa_live *t,
 					  const void *p)
 {
