@@ -285,13 +285,6 @@ static bool next_countdown(void)
 	return !first;
 }
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no syscall, no lock */
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 static void note_null(void)
 {
 	STAT_INC(null_returns);
@@ -356,7 +349,6 @@ static void record_alloc(void *p, size_t n)
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
 	double w = pa_heap_weight(n, pa_heap.rate_d);
 	uint32_t seq = __atomic_add_fetch(&pa_heap.seq, 1, __ATOMIC_RELAXED);
-	uint64_t now = mono_ns();
 	struct pa_live *t = pa_heap.live;
 	int live = 0;
 	if (t) {
@@ -370,7 +362,8 @@ static void record_alloc(void *p, size_t n)
 		/* A full window is counted in the table. */
 		live = pa_live_insert(t, &e) == 0;
 	}
-	struct pa_sample *s = pa_ring_reserve(pa_heap.ring);
+	struct pa_sample *s =
+	    pa_ring_reserve_stack(pa_heap.ring, pa_unwind_stack_need());
 	if (!s) {
 		/* No sample will give the entry a stack: out again. */
 		if (live)
@@ -381,7 +374,6 @@ static void record_alloc(void *p, size_t n)
 	s->kind = PA_SAMPLE_ALLOC;
 	s->flags = 0;
 	s->tid = pa_self.tid;
-	s->time_ns = now;
 	s->values[0] = (int64_t)(w / (double)n + 0.5);
 	s->values[1] = (int64_t)(w + 0.5);
 	s->addr = (uint64_t)(uintptr_t)p;
@@ -612,7 +604,7 @@ void pa_heap_regions_add(int64_t delta)
  * in that order. */
 static struct pa_sample *reserve_event(uint32_t kind, void *addr, size_t len)
 {
-	struct pa_sample *s = pa_ring_reserve(pa_heap.ring);
+	struct pa_sample *s = pa_ring_reserve_stack(pa_heap.ring, 0);
 	if (!s) {
 		STAT_INC(ring_full_unmap);
 		return NULL;
@@ -621,7 +613,6 @@ static struct pa_sample *reserve_event(uint32_t kind, void *addr, size_t len)
 	s->flags = PA_SAMPLE_NO_STACK;
 	s->tid = pa_self.tid;
 	s->stack_len = 0;
-	s->time_ns = mono_ns();
 	s->addr = (uint64_t)(uintptr_t)addr;
 	s->size = len;
 	s->seq = 0;
@@ -642,7 +633,8 @@ static void record_mmap(void *p, size_t len)
 {
 	pa_self.busy = 1;
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-	struct pa_sample *s = pa_ring_reserve(pa_heap.ring);
+	struct pa_sample *s =
+	    pa_ring_reserve_stack(pa_heap.ring, pa_unwind_stack_need());
 	if (!s) {
 		STAT_INC(ring_full_mmap);
 		goto out;
@@ -650,7 +642,6 @@ static void record_mmap(void *p, size_t len)
 	s->kind = PA_SAMPLE_MMAP;
 	s->flags = 0;
 	s->tid = pa_self.tid;
-	s->time_ns = mono_ns();
 	s->values[0] = 1;
 	s->values[1] = (int64_t)len;
 	s->addr = (uint64_t)(uintptr_t)p;

@@ -20,12 +20,15 @@
  * straddles the end: a producer that would cross it reserves the tail as
  * a padding record first.
  *
- * Every reservation is for a full sample (PA_STACK_COPY bytes of stack):
- * the producer only knows how much stack it copied after copying it. At
- * commit the record shrinks to the bytes actually used, if nothing was
- * reserved behind it meanwhile (the usual case: a compare-and-swap moves
- * the reservation end back); otherwise it keeps its full length. A heap
- * sample with 1 KiB of stack thus takes 1.4 KiB, not 16.7 KiB.
+ * A producer that knows how much stack it will copy (an allocation hook,
+ * on its own thread's stack) reserves just that (pa_ring_reserve_stack)
+ * and commits with one store: the reservation's compare-and-swap on enq
+ * is the only write to a shared line. One that does not (a signal handler
+ * that may be on an alternate stack) reserves a full sample: at commit
+ * the record shrinks to the bytes actually used, if nothing was reserved
+ * behind it meanwhile (the usual case: a compare-and-swap moves the
+ * reservation end back); otherwise it keeps its full length. A heap
+ * sample with 1 KiB of stack takes 1.4 KiB either way, not 16.7 KiB.
  *
  * Commit protocol. Free space reads as zero at every 64-byte boundary:
  * the mapping starts zeroed and the consumer, before it hands a record's
@@ -52,6 +55,7 @@
 struct rec {
 	uint64_t hdr; /* 0 until committed; then length | REC_PAD */
 	uint64_t end; /* producer's: the position its reservation ends at */
+	uint64_t len; /* producer's: the length it reserved */
 	struct pa_sample s;
 };
 
@@ -59,8 +63,14 @@ struct rec {
 #define REC_LEN	       0xffffffffULL
 #define REC_HEAD       offsetof(struct rec, s)
 #define ALIGN_UP(v, a) (((v) + (a)-1) & ~((uint64_t)(a)-1))
+/* A record with room for `stack` bytes of stack copy. */
+#define REC_LEN_FOR(n)                                                         \
+	ALIGN_UP(REC_HEAD + offsetof(struct pa_sample, stack) + (n), CACHELINE)
 /* A full-size record. */
 #define REC_FULL ALIGN_UP(sizeof(struct rec), CACHELINE)
+/* A commit gives back the unused end of its record when it is at least
+ * this long (a full reservation whose copy was short). */
+#define SHRINK_MIN 1024
 /* Rewind point: 16 full records in, or half the ring if less (never less
  * than one record). */
 #define REWIND_AT (16 * REC_FULL)
@@ -131,7 +141,7 @@ static struct rec *rec_of(const struct pa_ring *r, const struct pa_sample *s)
 	if (p < base + REC_HEAD)
 		return NULL;
 	uintptr_t off = p - REC_HEAD - base;
-	if (off % CACHELINE != 0 || off > r->size - REC_FULL)
+	if (off % CACHELINE != 0 || off > r->size - REC_LEN_FOR(0))
 		return NULL;
 	return (struct rec *)(void *)(r->data + off);
 }
@@ -144,9 +154,16 @@ static struct rec *rec_of(const struct pa_ring *r, const struct pa_sample *s)
  */
 struct pa_sample *pa_ring_reserve(struct pa_ring *r)
 {
+	return pa_ring_reserve_stack(r, PA_STACK_COPY);
+}
+
+struct pa_sample *pa_ring_reserve_stack(struct pa_ring *r, uint32_t stack_max)
+{
 	if (!r)
 		return NULL;
-	const uint64_t size = r->size;
+	if (stack_max > PA_STACK_COPY)
+		stack_max = PA_STACK_COPY;
+	const uint64_t size = r->size, len = REC_LEN_FOR(stack_max);
 	uint64_t pos = __atomic_load_n(&r->enq, __ATOMIC_RELAXED);
 	uint64_t pad;
 	for (;;) {
@@ -159,15 +176,15 @@ struct pa_sample *pa_ring_reserve(struct pa_ring *r)
 			continue;
 		}
 		uint64_t off = pos % size;
-		pad = size - off < REC_FULL ? size - off : 0;
-		if (pos + pad + REC_FULL - deq > size) {
+		pad = size - off < len ? size - off : 0;
+		if (pos + pad + len - deq > size) {
 			__atomic_add_fetch(&r->dropped, 1, __ATOMIC_RELAXED);
 			return NULL;
 		}
 		/* On failure the CAS reloads pos. */
-		if (__atomic_compare_exchange_n(
-			&r->enq, &pos, pos + pad + REC_FULL, true,
-			__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		if (__atomic_compare_exchange_n(&r->enq, &pos, pos + pad + len,
+						true, __ATOMIC_RELAXED,
+						__ATOMIC_RELAXED))
 			break;
 	}
 	if (pad)
@@ -177,7 +194,9 @@ struct pa_sample *pa_ring_reserve(struct pa_ring *r)
 	pos += pad;
 	struct rec *rec = (struct rec *)(void *)(r->data + pos % size);
 	/* rec->hdr is still zero: free space is. */
-	rec->end = pos + REC_FULL;
+	rec->end = pos + len;
+	rec->len = len;
+	rec->s.stack_cap = stack_max;
 	return &rec->s;
 }
 
@@ -190,18 +209,17 @@ void pa_ring_commit(struct pa_ring *r, struct pa_sample *s)
 	struct rec *rec = rec_of(r, s);
 	if (!rec)
 		return;
-	uint64_t end = rec->end;
-	uint32_t stack =
-	    s->stack_len < PA_STACK_COPY ? s->stack_len : PA_STACK_COPY;
-	uint64_t used = ALIGN_UP(
-	    REC_HEAD + offsetof(struct pa_sample, stack) + stack, CACHELINE);
-	uint64_t len = REC_FULL;
+	/* The length reserved, whatever the sample says: a stack_len past
+	 * it only means no shrinking. */
+	uint64_t end = rec->end, len = rec->len;
+	uint64_t used = REC_LEN_FOR((uint64_t)s->stack_len);
 	/* Nothing written past `used`: the rest is still zeroed free space
 	 * and can go back if no reservation follows this one. */
 	uint64_t expect = end;
-	if (used < REC_FULL && __atomic_compare_exchange_n(
-				   &r->enq, &expect, end - REC_FULL + used,
-				   false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	if (end && used + SHRINK_MIN <= len &&
+	    __atomic_compare_exchange_n(&r->enq, &expect, end - len + used,
+					false, __ATOMIC_RELAXED,
+					__ATOMIC_RELAXED))
 		len = used;
 	rec->end = 0; /* a second commit can no longer shrink anything */
 	__atomic_store_n(&rec->hdr, len, __ATOMIC_RELEASE);

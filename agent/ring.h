@@ -39,7 +39,10 @@ struct pa_sample {
 	uint32_t flags;
 	uint32_t tid;
 	uint32_t stack_len; /* valid bytes in stack[] */
-	uint64_t time_ns;   /* CLOCK_MONOTONIC */
+	/* Room in stack[] (set by the ring at reservation; 0 in a sample
+	 * that is not from a ring: all of PA_STACK_COPY). */
+	uint32_t stack_cap;
+	uint32_t pad_;
 	int64_t values[2];
 	uint64_t addr; /* ALLOC/MMAP: the block */
 	uint64_t size; /* ALLOC/MMAP: requested bytes */
@@ -60,6 +63,10 @@ void pa_ring_free(struct pa_ring *r);
  * (a signal may interrupt a reserve/commit pair on the same thread).
  * Returns NULL when full; the drop is counted. */
 struct pa_sample *pa_ring_reserve(struct pa_ring *r);
+/* The same for a sample with at most stack_max bytes of stack (capped at
+ * PA_STACK_COPY): a producer that knows its stack copy's length reserves
+ * just that, and its commit touches nothing shared. */
+struct pa_sample *pa_ring_reserve_stack(struct pa_ring *r, uint32_t stack_max);
 void pa_ring_commit(struct pa_ring *r, struct pa_sample *s);
 
 /* Consumer side, one thread only: the next committed sample in order, or

@@ -159,21 +159,37 @@ static void note_top(uint32_t tid, uint64_t top, int reached_end)
 static void copy_stack(struct pa_sample *s, uint64_t sp)
 {
 	uint64_t lo = pa_self.stack_lo, hi = pa_self.stack_hi;
+	size_t cap = s->stack_cap && s->stack_cap < PA_STACK_COPY
+			 ? s->stack_cap
+			 : PA_STACK_COPY;
 	size_t len;
 	if (sp && lo < hi && sp >= lo && sp < hi) {
 		hi = useful_top(sp, hi);
 		/* Our own thread's stack: [sp, hi) is mapped. */
-		len =
-		    hi - sp < PA_STACK_COPY ? (size_t)(hi - sp) : PA_STACK_COPY;
+		len = hi - sp < cap ? (size_t)(hi - sp) : cap;
 		raw_copy(s->stack, (const void *)(uintptr_t)sp, len);
 	} else {
 		/* Unknown bounds, a sigaltstack, a fiber: read carefully. */
-		len = copy_foreign(s->stack, sp, PA_STACK_COPY);
+		len = copy_foreign(s->stack, sp, cap);
 	}
 	s->stack_start = sp;
 	s->stack_len = (uint32_t)len;
 	if (len == 0)
 		s->flags |= PA_SAMPLE_NO_STACK;
+}
+
+/* The caller's frames lie above this function's frame: its sp at a call
+ * it makes next is at most STACK_NEED_SLACK bytes below this frame's. */
+#define STACK_NEED_SLACK 128
+
+__attribute__((noinline)) uint32_t pa_unwind_stack_need(void)
+{
+	uint64_t sp = (uint64_t)(uintptr_t)__builtin_frame_address(0);
+	uint64_t lo = pa_self.stack_lo, hi = pa_self.stack_hi;
+	if (!(lo < hi && sp >= lo && sp < hi))
+		return PA_STACK_COPY;
+	uint64_t need = useful_top(sp, hi) - sp + STACK_NEED_SLACK;
+	return need < PA_STACK_COPY ? (uint32_t)need : PA_STACK_COPY;
 }
 
 /* libunwind's x86_64 register numbers (DWARF order). */
@@ -323,6 +339,11 @@ void pa_unwind_capture_signal(struct pa_sample *s, const void *ucontext)
 	(void)ucontext;
 #endif
 	errno = saved;
+}
+
+uint32_t pa_unwind_stack_need(void)
+{
+	return 0; /* no stack is copied here */
 }
 
 __attribute__((noinline)) void pa_unwind_capture_here(struct pa_sample *s)

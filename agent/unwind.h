@@ -20,6 +20,11 @@ void pa_unwind_capture_signal(struct pa_sample *s, const void *ucontext);
  * itself are dropped when unwinding. No locks, no malloc. */
 void pa_unwind_capture_here(struct pa_sample *s);
 
+/* The bytes of stack the caller's pa_unwind_capture_here would copy (a
+ * little more, never less; PA_STACK_COPY when it cannot tell): what to
+ * reserve in the ring (pa_ring_reserve_stack). No locks, no malloc. */
+uint32_t pa_unwind_stack_need(void);
+
 struct pa_unwind;
 
 int pa_unwind_new(struct pa_unwind **out, struct pa_modules *mods);

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -142,6 +143,15 @@ static int stack_intact(const struct pa_sample *s, uint64_t tag)
 	return !len || s->stack[len - 1] == (tag_byte(tag, len - 1) ^ 0x5a);
 }
 
+/* The consumer's next sample is want, with tag's stack; then released. */
+static int take(struct pa_ring *r, struct pa_sample *want, uint64_t tag)
+{
+	struct pa_sample *s = pa_ring_next(r);
+	int ok = s == want && stack_intact(s, tag);
+	pa_ring_release(r, s);
+	return ok;
+}
+
 TEST(ring_short_samples_take_less_room)
 {
 	struct pa_ring *r;
@@ -176,13 +186,56 @@ TEST(ring_short_samples_take_less_room)
 	fill_stack(b, 2, 10);
 	pa_ring_commit(r, a);
 	pa_ring_commit(r, b);
-	CHECK((s = pa_ring_next(r)) == a);
-	CHECK(stack_intact(s, 1));
-	pa_ring_release(r, s);
-	CHECK((s = pa_ring_next(r)) == b);
-	CHECK(stack_intact(s, 2));
-	pa_ring_release(r, s);
+	CHECK(take(r, a, 1));
+	CHECK(take(r, b, 2));
 	CHECK(pa_ring_next(r) == NULL);
+	pa_ring_free(r);
+}
+
+/* A producer that knows its stack length reserves just that: records sit
+ * back to back even when each is reserved behind the other, and a sample
+ * that claims more stack than it reserved is cut to its room. */
+TEST(ring_exact_reservations_take_what_they_ask)
+{
+	struct pa_ring *r;
+	CHECK_EQ_INT(pa_ring_new(&r, 4), 0);
+	struct pa_sample *a = pa_ring_reserve_stack(r, 1000);
+	struct pa_sample *b = pa_ring_reserve_stack(r, 300);
+	struct pa_sample *c = pa_ring_reserve_stack(r, 1u << 30);
+	CHECK(a && b && c);
+	CHECK_EQ_INT(a->stack_cap, 1000);
+	CHECK_EQ_INT(c->stack_cap, PA_STACK_COPY);
+	uint64_t gap = (uint64_t)((char *)b - (char *)a);
+	CHECK(gap >= offsetof(struct pa_sample, stack) + 1000);
+	CHECK(gap < offsetof(struct pa_sample, stack) + 1000 + 128);
+	fill_stack(a, 1, 1000);
+	fill_stack(b, 2, 300);
+	fill_stack(c, 3, 500);
+	pa_ring_commit(r, b);
+	pa_ring_commit(r, a);
+	pa_ring_commit(r, c); /* full, nothing behind it: shrinks */
+	CHECK(take(r, a, 1));
+	CHECK(take(r, b, 2));
+	CHECK(take(r, c, 3));
+	CHECK(pa_ring_next(r) == NULL);
+	/* The next record follows c's 500 bytes, not its full reservation. */
+	struct pa_sample *d = pa_ring_reserve_stack(r, 0);
+	CHECK(d);
+	CHECK((char *)d - (char *)c <
+	      (long)offsetof(struct pa_sample, stack) + 500 + 128);
+	/* A producer that says it copied more than it reserved: the record
+	 * keeps its reserved length, the next one is not overlapped. */
+	d->stack_len = PA_STACK_COPY;
+	struct pa_sample *e = pa_ring_reserve_stack(r, 64);
+	CHECK(e);
+	fill_stack(e, 5, 64);
+	pa_ring_commit(r, d);
+	pa_ring_commit(r, e);
+	struct pa_sample *s = pa_ring_next(r);
+	CHECK(s == d);
+	pa_ring_release(r, s);
+	CHECK(take(r, e, 5));
+	CHECK_EQ_INT(pa_ring_dropped(r), 0);
 	pa_ring_free(r);
 }
 
@@ -490,11 +543,14 @@ static void *mix_producer(void *arg)
 	uint64_t x = 0x9e3779b97f4a7c15ULL * (id + 1);
 	for (uint64_t i = 1; i <= MIX_PER; i++) {
 		struct pa_sample *s;
-		while (!(s = pa_ring_reserve(mix_ring)))
+		uint32_t len = ring_len(&x) % 2048;
+		/* Full reservations that shrink and exact ones, mixed. */
+		while (!(s = i & 1 ? pa_ring_reserve_stack(mix_ring, len)
+				   : pa_ring_reserve(mix_ring)))
 			sched_yield();
 		s->tid = (uint32_t)id;
 		s->seq = i;
-		fill_stack(s, id << 32 | i, ring_len(&x) % 2048);
+		fill_stack(s, id << 32 | i, len);
 		pa_ring_commit(mix_ring, s);
 	}
 	return NULL;

@@ -161,6 +161,65 @@ TEST(unwind_capture_here_chain)
 	pa_modules_free(uw_mods);
 }
 
+/* A hook reserves pa_unwind_stack_need() bytes and then captures: the
+ * reservation holds the whole copy, so the frames are the same as with a
+ * full-size sample, from a frame with or without frame pointers. */
+static struct pa_sample need_full, need_cut;
+static uint32_t need_bytes[2];
+
+NOINLINE static void need_capture(int k)
+{
+	need_bytes[k] = pa_unwind_stack_need();
+	struct pa_sample *s = k ? &need_cut : &need_full;
+	s->stack_cap = k ? need_bytes[k] : 0;
+	pa_unwind_capture_here(s);
+	BARRIER();
+}
+
+#define NEED_NOFP                                                              \
+	__attribute__((noinline, noclone, optimize("omit-frame-pointer")))
+NEED_NOFP static void need_capture_nofp(void)
+{
+	char pad[200];
+	memset(pad, 1, sizeof(pad));
+	__asm__ volatile("" : : "r"(pad) : "memory");
+	need_capture(0);
+	need_capture(1);
+	BARRIER();
+}
+
+TEST(unwind_stack_need_covers_the_capture)
+{
+	pa_thread_init_current();
+	uw_setup();
+	for (int round = 0; round < 2; round++) {
+		need_capture_nofp();
+		CHECK(need_bytes[1] <= PA_STACK_COPY);
+		CHECK(need_cut.stack_len <= need_bytes[1]);
+		CHECK_EQ_INT(need_cut.stack_len, need_full.stack_len);
+		CHECK_EQ_INT(need_cut.stack_start, need_full.stack_start);
+		uint64_t full[MAXF], cut[MAXF];
+		int n = uw_run(&need_full, full, MAXF);
+		CHECK(n >= 4);
+		CHECK_EQ_INT(uw_run(&need_cut, cut, MAXF), n);
+		/* The same frames but for the call site (#1). */
+		if (full[0] != cut[0] ||
+		    memcmp(full + 2, cut + 2,
+			   (size_t)(n - 2) * sizeof(full[0])) != 0) {
+			uw_dump(full, n);
+			uw_dump(cut, n);
+			FAIL("a capture in the reserved length unwound "
+			     "differently");
+		}
+	}
+	/* A cap below the copy's length is honoured. */
+	need_cut.stack_cap = 64;
+	pa_unwind_capture_here(&need_cut);
+	CHECK_EQ_INT(need_cut.stack_len, 64);
+	pa_unwind_free(uw);
+	pa_modules_free(uw_mods);
+}
+
 /* The same without frame pointers, as most distribution libraries are
  * built: only the CFI can find the callers. */
 #define NOFP __attribute__((noinline, noclone, optimize("omit-frame-pointer")))
