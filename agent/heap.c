@@ -285,6 +285,22 @@ static bool next_countdown(void)
 	return !first;
 }
 
+/* A sample id, unique in the process (the live table matches entries to
+ * samples by it): taken from the shared counter SEQ_BATCH at a time, so
+ * threads sampling at once rarely meet on its cache line. */
+#define SEQ_BATCH 64
+
+static uint32_t next_seq(void)
+{
+	if (pa_self.seq_left == 0) {
+		pa_self.seq_next = __atomic_fetch_add(&pa_heap.seq, SEQ_BATCH,
+						      __ATOMIC_RELAXED);
+		pa_self.seq_left = SEQ_BATCH;
+	}
+	pa_self.seq_left--;
+	return ++pa_self.seq_next;
+}
+
 static void note_null(void)
 {
 	STAT_INC(null_returns);
@@ -348,7 +364,7 @@ static void record_alloc(void *p, size_t n)
 	pa_self.busy = 1;
 	__atomic_signal_fence(__ATOMIC_SEQ_CST);
 	double w = pa_heap_weight(n, pa_heap.rate_d);
-	uint32_t seq = __atomic_add_fetch(&pa_heap.seq, 1, __ATOMIC_RELAXED);
+	uint32_t seq = next_seq();
 	struct pa_live *t = pa_heap.live;
 	int live = 0;
 	if (t) {

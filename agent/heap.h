@@ -85,8 +85,8 @@ struct pa_heap {
 	 * program's mappings, and would count its blocks twice (PITFALLS 7). */
 	uint64_t foreign_lo, foreign_hi;
 	struct pa_heap_stats stats;
-	/* Last sample id: every sample on every thread increments it, so it
-	 * has a cache line of its own, away from what the hooks read. */
+	/* Sample ids handed out (threads take them in batches): a cache
+	 * line of its own, away from what the hooks read. */
 	uint32_t seq __attribute__((aligned(64)));
 } __attribute__((aligned(64)));
 

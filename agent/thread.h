@@ -22,7 +22,8 @@ struct pa_thread {
 	uint64_t stack_lo, stack_hi; /* 0,0 when unknown */
 	int64_t alloc_countdown; /* bytes left before the next heap sample */
 	uint64_t rng;		 /* xorshift state for the countdown */
-	int gate_depth;		 /* pa_gate_enter nesting on this thread */
+	uint32_t seq_next, seq_left; /* heap sample ids taken, not used */
+	int gate_depth;		     /* pa_gate_enter nesting on this thread */
 };
 
 extern __thread struct pa_thread pa_self

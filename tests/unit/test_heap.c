@@ -296,6 +296,58 @@ TEST(heap_errno_preserved_on_the_sampled_path)
 	CHECK_EQ_INT(t.samples, 1);
 }
 
+/* Sample ids (the live table matches entries to samples by them) are
+ * unique across threads, though threads take them in batches. */
+#define ID_THREADS 4
+#define ID_EACH	   40
+
+static void *id_worker(void *arg)
+{
+	void **keep = arg;
+	pa_self.alloc_countdown = 0;
+	pa_heap_free(pa_heap_malloc(1)); /* the placeholder ends */
+	for (int i = 0; i < ID_EACH; i++)
+		keep[i] = pa_heap_malloc(64);
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+TEST(heap_sample_ids_unique_across_threads)
+{
+	heap_setup(1, true); /* every allocation is sampled */
+	static void *keep[ID_THREADS][ID_EACH];
+	pthread_t w[ID_THREADS];
+	for (int i = 0; i < ID_THREADS; i++)
+		CHECK_EQ_INT(pthread_create(&w[i], NULL, id_worker, keep[i]),
+			     0);
+	for (int i = 0; i < ID_THREADS; i++)
+		pthread_join(w[i], NULL);
+	static uint64_t ids[ID_THREADS * ID_EACH + 16];
+	size_t n = 0;
+	struct pa_sample *s;
+	while ((s = pa_ring_next(heap_ring))) {
+		if (s->kind == PA_SAMPLE_ALLOC && s->size == 64 &&
+		    n < sizeof(ids) / sizeof(ids[0]))
+			ids[n++] = s->seq;
+		pa_ring_release(heap_ring, s);
+	}
+	CHECK_EQ_INT(pa_ring_dropped(heap_ring), 0);
+	CHECK_EQ_INT(n, ID_THREADS * ID_EACH);
+	qsort(ids, n, sizeof(ids[0]), cmp_u64);
+	for (size_t i = 1; i < n; i++)
+		if (ids[i] == ids[i - 1])
+			FAIL("sample id %llu given twice",
+			     (unsigned long long)ids[i]);
+	for (int i = 0; i < ID_THREADS; i++)
+		for (int j = 0; j < ID_EACH; j++)
+			pa_heap_free(keep[i][j]);
+}
+
 TEST(heap_agent_and_busy_threads_not_sampled)
 {
 	heap_setup(1, true);
