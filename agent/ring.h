@@ -9,8 +9,13 @@
 /* Bytes of stack copied per sample, starting at the interrupted sp. */
 #define PA_STACK_COPY 16384
 /* Register slots, indexed by libunwind's UNW_X86_64_* / UNW_AARCH64_*
- * numbers (x86_64: RAX..R15 = 0..15, RIP = 16). */
+ * numbers (x86_64: RAX..R15 = 0..15, RIP = 16; aarch64: PC = 32). Every
+ * sample carries them: no more than the architecture has. */
+#if defined(__x86_64__)
+#define PA_NREGS 17
+#else
 #define PA_NREGS 34
+#endif
 
 enum pa_sample_kind {
 	PA_SAMPLE_CPU = 1, /* values: [0] samples, [1] cpu ns */

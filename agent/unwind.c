@@ -267,6 +267,7 @@ void pa_unwind_capture_signal(struct pa_sample *s, const void *ucontext)
 #else
 #define ENDBR ""
 #endif
+_Static_assert(PA_NREGS >= R_COUNT, "a sample holds every register");
 _Static_assert(offsetof(struct pa_sample, regs) == REGS_OFF,
 	       "the assembly below hard-codes the offset of regs");
 
