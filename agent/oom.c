@@ -14,6 +14,12 @@
 #include "oom.h"
 
 #define POLL_NS (250 * 1000000LL) /* usage is read 4 times a second */
+/* ... and every 20 ms within NEAR_PCT points of the threshold: a heap
+ * that grows from there to the limit in a quarter of a second (the
+ * aggregator's loader does) must not fail, and free what it held, in
+ * between two reads. */
+#define POLL_NEAR_NS (20 * 1000000LL)
+#define NEAR_PCT     20
 /* Limits are looked for this long after start, not at once: a short-lived
  * process (a shell) never sees the agent open its cgroup files. */
 #define DETECT_DELAY_NS (1000 * 1000000LL)
@@ -520,8 +526,10 @@ bool pa_oom_poll(struct pa_oom *o, int64_t now_ns, struct pa_oom_event *ev)
 	}
 	bool over = false;
 	if (o->nlimits && now_ns >= o->next_read) {
-		o->next_read = now_ns + POLL_NS;
 		read_usage(o);
+		bool near =
+		    o->best >= 0 && o->best_ratio * 100 >= o->pct - NEAR_PCT;
+		o->next_read = now_ns + (near ? POLL_NEAR_NS : POLL_NS);
 		if (o->best >= 0 && o->best_ratio * 100 >= o->pct)
 			over = o->armed;
 		else if (o->best >= 0 &&

@@ -255,9 +255,36 @@ TEST(oom_fires_once_per_crossing_and_interval)
 	t += 300 * MS;
 	CHECK(pa_oom_poll(o, t, &ev));
 	CHECK_EQ_INT(ev.pct, 99);
-	/* Usage is read a few times a second, not every drain. */
+	pa_oom_free(o);
+	drop_root();
+}
+
+/* Usage is read 4 times a second, not every drain; within 20 points of
+ * the threshold, every 20 ms, so a fast climb to the limit is caught. */
+TEST(oom_polls_faster_near_the_threshold)
+{
+	fake_root();
+	no_rlimits();
+	cgroup2_tree();
+	struct pa_oom_event ev;
+	int64_t t = 1000 * MS;
+	/* 50%: far. A crossing right after a read waits for the next. */
+	struct pa_oom *o = guard(90, 1000);
 	usage(GiB / 2);
+	CHECK(!pa_oom_poll(o, t, &ev));
+	usage(GiB * 95 / 100);
 	CHECK(!pa_oom_poll(o, t + 20 * MS, &ev));
+	CHECK(!pa_oom_poll(o, t + 200 * MS, &ev));
+	CHECK(pa_oom_poll(o, t + 250 * MS, &ev));
+	pa_oom_free(o);
+	/* 75%: near. The crossing is seen 20 ms later. */
+	o = guard(90, 1000);
+	usage(GiB * 75 / 100);
+	CHECK(!pa_oom_poll(o, t, &ev));
+	usage(GiB * 99 / 100);
+	CHECK(!pa_oom_poll(o, t + 10 * MS, &ev));
+	CHECK(pa_oom_poll(o, t + 20 * MS, &ev));
+	CHECK_EQ_INT(ev.pct, 99);
 	pa_oom_free(o);
 	drop_root();
 }
