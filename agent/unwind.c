@@ -453,6 +453,49 @@ struct rule {
 	int32_t soff[RULE_SAVED];
 };
 
+/*
+ * Whole walks are remembered too. A heap sample taken at the same call
+ * site on the same thread has the same registers and, in its copy, the
+ * same return addresses and saved frame pointers; only the rest of the
+ * stack (locals, other saved registers) differs. The frames of a walk
+ * whose every step was a compact rule depend on nothing else: a compact
+ * rule finds the CFA from sp or the frame pointer only, so the frames
+ * follow from the leaf's ip, sp and frame pointer, the return addresses
+ * and frame pointers it read, and the module table (a change empties
+ * this cache with the others). So such a walk is kept with those words,
+ * and a sample with the same registers and copy whose copy holds the same
+ * words at the same places gets its frames without a step: two loads and
+ * a compare a frame instead of a rule lookup and a step (0.06 us for 29
+ * frames instead of 0.6, unwind_cost_per_sample). A walk that read more
+ * than MEMO_READS such words or gave more than MEMO_PCS frames is not
+ * kept.
+ */
+#define MEMO_SETS  64
+#define MEMO_WAYS  2
+#define MEMO_READS 96
+#define MEMO_PCS   64
+
+struct memo {
+	uint64_t ip, sp, bp; /* ip 0: empty */
+	uint64_t start;	     /* the copy: stack_start, stack_len */
+	uint32_t len;
+	uint32_t max; /* the pcs room it was walked for */
+	uint32_t age;
+	uint8_t exact;
+	uint16_t nreads, npcs;
+	uint64_t top; /* the outermost frame's sp, when the walk reached it */
+	uint32_t read_off[MEMO_READS]; /* from the copy's start */
+	uint64_t read_val[MEMO_READS];
+	uint64_t pcs[MEMO_PCS];
+};
+
+/* What a walk read, while it may be remembered. */
+struct memo_rec {
+	int ok; /* every step so far was a compact rule; reads fit */
+	int nreads;
+	uint64_t addr[MEMO_READS], val[MEMO_READS];
+};
+
 /* State of one unwind, the `arg` of every accessor. */
 struct walk {
 	const struct pa_sample *s;
@@ -464,8 +507,10 @@ struct walk {
 	/* The last module whose .eh_frame_hdr was parsed. */
 	const struct pa_module *di_mod;
 	unw_dyn_info_t di;
-	int noinfo; /* find_proc_info failed for this frame */
-	int probe;  /* stack reads answer symbolic values (probe()) */
+	int noinfo;	      /* find_proc_info failed for this frame */
+	int probe;	      /* stack reads answer symbolic values (probe()) */
+	struct memo_rec *rec; /* NULL: reads are not recorded */
+	int rec_pause;	      /* a read the frames do not depend on */
 };
 
 struct pa_unwind {
@@ -479,10 +524,14 @@ struct pa_unwind {
 	struct walk w;
 	struct row rows[CACHE_SETS][CACHE_WAYS];
 	struct rule rules[RULE_SETS][RULE_WAYS];
+	struct memo memos[MEMO_SETS][MEMO_WAYS];
+	struct memo_rec rec;
 	uint8_t spill[1024]; /* a row too large for the cache */
 	/* Counters, for tests and debugging. */
 	uint64_t row_hits, row_misses, fp_frames, signal_frames;
 	uint64_t rule_hits, rule_misses, rule_compact, rule_row;
+	uint64_t memo_hits, memo_misses;
+	int memo_off;
 };
 
 static int slice_read(const struct walk *w, uint64_t addr, uint64_t *val)
@@ -491,6 +540,15 @@ static int slice_read(const struct walk *w, uint64_t addr, uint64_t *val)
 	    w->slice_hi - w->slice_lo < 8)
 		return -1;
 	memcpy(val, w->s->stack + (addr - w->slice_lo), 8);
+	struct memo_rec *rec = w->rec;
+	if (rec && rec->ok && !w->rec_pause) {
+		if (rec->nreads < MEMO_READS) {
+			rec->addr[rec->nreads] = addr;
+			rec->val[rec->nreads++] = *val;
+		} else {
+			rec->ok = 0;
+		}
+	}
 	return 0;
 }
 
@@ -1090,14 +1148,25 @@ static int compact_step(struct walk *w, const struct rule *r, uint64_t lookup,
 		next[__builtin_ctz(m)] = 0;
 	for (int j = 0; j < r->nsaved; j++) {
 		uint64_t v;
+		/* Only the frame pointer can be a later frame's CFA base: the
+		 * other saved registers' values never change the frames. */
+		w->rec_pause = r->sreg[j] != R_RBP;
 		next[r->sreg[j]] =
 		    read_word(w, cfa + (uint64_t)(int64_t)r->soff[j], &v) == 0
 			? v
 			: 0;
+		w->rec_pause = 0;
 	}
 	next[R_RSP] = cfa;
 	next[R_RIP] = ra;
 	return STEP_OK;
+}
+
+/* The walk under way cannot be remembered. */
+static void no_memo(struct walk *w)
+{
+	if (w->rec)
+		w->rec->ok = 0;
 }
 
 static struct rule *rule_find(struct pa_unwind *u, uint64_t key)
@@ -1142,6 +1211,8 @@ static int step(struct pa_unwind *u, uint64_t ip, int exact,
 	struct rule *r = rule_find(u, key);
 	if (r) {
 		u->rule_hits++;
+		if (r->kind != RULE_COMPACT)
+			no_memo(w);
 		switch (r->kind) {
 		case RULE_COMPACT:
 			return compact_step(w, r, lookup, regs, next);
@@ -1158,7 +1229,10 @@ static int step(struct pa_unwind *u, uint64_t ip, int exact,
 		}
 	}
 	u->rule_misses++;
+	/* Only a step that turns out compact keeps the walk rememberable
+	 * (its reads are recorded meanwhile). */
 	if (is_sigreturn(w, ip)) {
+		no_memo(w);
 		rule_new(u, key)->kind = RULE_TRAMP;
 		*tramp = 1;
 		return signal_step(w, regs[R_RSP], next) == 0 ? STEP_OK
@@ -1168,11 +1242,14 @@ static int step(struct pa_unwind *u, uint64_t ip, int exact,
 	const void *row;
 	int rc = dwarf_frame(u, lookup, next, &row);
 	if (rc == STEP_NOINFO) {
+		no_memo(w);
 		rule_new(u, key)->kind = RULE_NOINFO;
 		return rc;
 	}
-	if (!row)
+	if (!row) {
+		no_memo(w);
 		return rc; /* nothing known: look again next time */
+	}
 	/* derive_rule and compact_step leave w->regs and the row alone;
 	 * next holds libunwind's answer. */
 	struct rule tmp;
@@ -1185,15 +1262,86 @@ static int step(struct pa_unwind *u, uint64_t ip, int exact,
 		    (rc != STEP_OK || memcmp(check, next, sizeof(check)) == 0))
 			tmp.kind = RULE_COMPACT;
 	}
-	if (tmp.kind == RULE_COMPACT)
+	if (tmp.kind == RULE_COMPACT) {
 		u->rule_compact++;
-	else
+	} else {
 		u->rule_row++;
+		no_memo(w);
+	}
 	r = rule_new(u, key);
 	tmp.key = r->key;
 	tmp.age = r->age;
 	*r = tmp;
 	return rc;
+}
+
+static struct memo *memo_ways(struct pa_unwind *u, const struct pa_sample *s)
+{
+	uint64_t h = (s->regs[R_RIP] ^ s->regs[R_RSP] * 0x9e3779b97f4a7c15ULL ^
+		      s->regs[R_RBP] << 7) *
+		     0xbf58476d1ce4e5b9ULL;
+	return u->memos[(h >> 32) % MEMO_SETS];
+}
+
+static int memo_key_is(const struct memo *m, const struct pa_sample *s,
+		       int exact, int max)
+{
+	return m->ip == s->regs[R_RIP] && m->sp == s->regs[R_RSP] &&
+	       m->bp == s->regs[R_RBP] && m->start == s->stack_start &&
+	       m->len == s->stack_len && m->exact == exact &&
+	       m->max == (uint32_t)max;
+}
+
+/* The frames of a remembered walk that applies to s, or -1. */
+static int memo_find(struct pa_unwind *u, const struct pa_sample *s, int exact,
+		     uint64_t *pcs, int max)
+{
+	struct memo *ways = memo_ways(u, s);
+	for (int i = 0; i < MEMO_WAYS; i++) {
+		struct memo *m = &ways[i];
+		if (!m->ip || !memo_key_is(m, s, exact, max))
+			continue;
+		int j = 0;
+		for (; j < m->nreads; j++) {
+			uint64_t v;
+			memcpy(&v, s->stack + m->read_off[j], 8);
+			if (v != m->read_val[j])
+				break;
+		}
+		if (j < m->nreads)
+			continue;
+		m->age = ++u->clock;
+		memcpy(pcs, m->pcs, m->npcs * sizeof(pcs[0]));
+		if (m->top)
+			note_top(s->tid, m->top, 1);
+		return m->npcs;
+	}
+	return -1;
+}
+
+static void memo_keep(struct pa_unwind *u, const struct pa_sample *s, int exact,
+		      int max, const uint64_t *pcs, int n, uint64_t top)
+{
+	const struct memo_rec *rec = &u->rec;
+	if (!rec->ok || n > MEMO_PCS)
+		return;
+	struct memo *ways = memo_ways(u, s);
+	struct memo *m = ways[0].age <= ways[1].age ? &ways[0] : &ways[1];
+	m->ip = s->regs[R_RIP];
+	m->sp = s->regs[R_RSP];
+	m->bp = s->regs[R_RBP];
+	m->start = s->stack_start;
+	m->len = s->stack_len;
+	m->exact = (uint8_t)exact;
+	m->max = (uint32_t)max;
+	m->age = ++u->clock;
+	m->top = top;
+	m->nreads = (uint16_t)rec->nreads;
+	for (int i = 0; i < rec->nreads; i++)
+		m->read_off[i] = (uint32_t)(rec->addr[i] - s->stack_start);
+	memcpy(m->read_val, rec->val, rec->nreads * sizeof(rec->val[0]));
+	m->npcs = (uint16_t)n;
+	memcpy(m->pcs, pcs, (size_t)n * sizeof(pcs[0]));
 }
 
 int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
@@ -1205,11 +1353,14 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 	if (ip == 0)
 		return -ENOENT;
 	int exact = (s->flags & PA_SAMPLE_LEAF_EXACT) != 0;
+	const int leaf_exact = exact;
 	int n = 0;
 	pcs[n++] = exact ? ip : ip - 1;
 	/* Whether pcs[n - 1] was moved back from a return address. */
 	int adjusted = !exact;
 	struct walk *w = &u->w;
+	int walked = 0;	  /* a walk ran: remember it if it may be */
+	uint64_t top = 0; /* where it found the outermost frame */
 	if ((s->flags & PA_SAMPLE_NO_STACK) || n >= max ||
 	    s->stack_len > PA_STACK_COPY ||
 	    s->stack_start + s->stack_len < s->stack_start)
@@ -1230,6 +1381,7 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 		if (sig != u->mods_sig) {
 			memset(u->rows, 0, sizeof(u->rows));
 			memset(u->rules, 0, sizeof(u->rules));
+			memset(u->memos, 0, sizeof(u->memos));
 			u->mods_sig = sig;
 		}
 	}
@@ -1239,6 +1391,15 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 	w->slice_hi = s->stack_start + s->stack_len;
 	w->seg_lo = w->seg_hi = 0;
 	w->di_mod = NULL;
+	int known = u->memo_off ? -1 : memo_find(u, s, leaf_exact, pcs, max);
+	if (known > 0) {
+		u->memo_hits++;
+		return known;
+	}
+	u->memo_misses++;
+	u->rec.ok = 1;
+	u->rec.nreads = 0;
+	w->rec = &u->rec;
 	uint64_t regs[R_COUNT];
 	memcpy(regs, s->regs, sizeof(regs));
 	uint64_t sp = regs[R_RSP];
@@ -1303,6 +1464,12 @@ int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,
 		note_top(s->tid, sp, 1);
 	else if (ran_off)
 		note_top(s->tid, 0, 0);
+	/* A walk that ran off its copy is not remembered: its hint changes. */
+	if (ran_off || tramp_seen)
+		u->rec.ok = 0;
+	w->rec = NULL;
+	walked = 1;
+	top = reached_end && !tramp_seen ? sp : 0;
 out:;
 	/* Frames inside the agent itself are removed wherever they are: at
 	 * the top (hooks, handlers) and in the middle (a sample taken inside
@@ -1320,7 +1487,22 @@ out:;
 		kept = 1;
 	}
 	n = kept;
+	if (walked && !u->memo_off)
+		memo_keep(u, s, leaf_exact, max, pcs, n, top);
 	return n;
+}
+
+uint64_t pa_unwind_memo_hits(const struct pa_unwind *u)
+{
+	return u ? u->memo_hits : 0;
+}
+
+void pa_unwind_set_memo(struct pa_unwind *u, int on)
+{
+	if (u) {
+		u->memo_off = !on;
+		memset(u->memos, 0, sizeof(u->memos));
+	}
 }
 
 #else /* !__x86_64__: the leaf only */
@@ -1344,6 +1526,17 @@ int pa_unwind_new(struct pa_unwind **out, struct pa_modules *mods)
 void pa_unwind_free(struct pa_unwind *u)
 {
 	free(u);
+}
+
+uint64_t pa_unwind_memo_hits(const struct pa_unwind *u)
+{
+	(void)u;
+	return 0;
+}
+
+void pa_unwind_set_memo(struct pa_unwind *u, int on)
+{
+	(void)u, (void)on;
 }
 
 int pa_unwind_sample(struct pa_unwind *u, const struct pa_sample *s,

@@ -27,6 +27,11 @@ uint32_t pa_unwind_stack_need(void);
 
 struct pa_unwind;
 
+/* Unwinds answered from a remembered walk, and whether walks are
+ * remembered at all (on by default): for tests and benchmarks. */
+uint64_t pa_unwind_memo_hits(const struct pa_unwind *u);
+void pa_unwind_set_memo(struct pa_unwind *u, int on);
+
 int pa_unwind_new(struct pa_unwind **out, struct pa_modules *mods);
 void pa_unwind_free(struct pa_unwind *u); /* accepts NULL */
 

@@ -132,13 +132,19 @@ static void check_chain(const uint64_t *pcs, int n)
 	CHECK(in_exe(pcs[n - 1]));
 }
 
-TEST(unwind_capture_here_chain)
+/* uw_sample: a capture in chain_c, its header garbage before. */
+static void chain_capture(void)
 {
 	pa_thread_init_current();
 	uw_setup();
 	memset(&uw_sample, 0xa5, offsetof(struct pa_sample, stack));
 	uw_sample.flags = 0;
 	chain_a(&uw_sample);
+}
+
+TEST(unwind_capture_here_chain)
+{
+	chain_capture();
 	CHECK(!(uw_sample.flags & PA_SAMPLE_LEAF_EXACT));
 	CHECK(!(uw_sample.flags & PA_SAMPLE_NO_STACK));
 	CHECK(uw_sample.stack_len > 64);
@@ -216,6 +222,55 @@ TEST(unwind_stack_need_covers_the_capture)
 	need_cut.stack_cap = 64;
 	pa_unwind_capture_here(&need_cut);
 	CHECK_EQ_INT(need_cut.stack_len, 64);
+	pa_unwind_free(uw);
+	pa_modules_free(uw_mods);
+}
+
+/* A remembered walk answers only a copy that holds the same words where
+ * the walk read: a return address changed in the copy is walked again,
+ * and gives what a walk without memory gives. */
+static int word_at(const struct pa_sample *s, uint64_t val)
+{
+	for (uint32_t o = 0; o + 8 <= s->stack_len; o += 8) {
+		uint64_t v;
+		memcpy(&v, s->stack + o, 8);
+		if (v == val)
+			return (int)o;
+	}
+	return -1;
+}
+
+TEST(unwind_memo_checks_the_words_it_read)
+{
+	chain_capture();
+	uint64_t first[MAXF], again[MAXF], plain_pcs[MAXF];
+	int n = uw_run(&uw_sample, first, MAXF);
+	check_chain(first, n);
+	uint64_t hits = pa_unwind_memo_hits(uw);
+	CHECK_EQ_INT(uw_run(&uw_sample, again, MAXF), n);
+	CHECK(memcmp(first, again, (size_t)n * sizeof(first[0])) == 0);
+	CHECK_EQ_INT(pa_unwind_memo_hits(uw), hits + 1);
+	/* chain_b's return address into chain_a now points into chain_b. */
+	int off = word_at(&uw_sample, ra_b);
+	CHECK(off >= 0);
+	memcpy(uw_sample.stack + off, &ra_c, 8);
+	int m = uw_run(&uw_sample, again, MAXF);
+	CHECK_EQ_INT(pa_unwind_memo_hits(uw), hits + 1);
+	struct pa_unwind *plain;
+	CHECK_EQ_INT(pa_unwind_new(&plain, uw_mods), 0);
+	pa_unwind_set_memo(plain, 0);
+	pa_modules_read_lock();
+	int t = pa_unwind_sample(plain, &uw_sample, plain_pcs, MAXF);
+	pa_modules_read_unlock();
+	pa_unwind_free(plain);
+	CHECK_EQ_INT(m, t);
+	CHECK(memcmp(again, plain_pcs, (size_t)m * sizeof(again[0])) == 0);
+	CHECK(m > 2 && again[2] == ra_c - 1); /* not what was remembered */
+	/* Put back: remembered again. */
+	memcpy(uw_sample.stack + off, &ra_b, 8);
+	CHECK_EQ_INT(uw_run(&uw_sample, again, MAXF), n);
+	CHECK(memcmp(first, again, (size_t)n * sizeof(first[0])) == 0);
+	CHECK(pa_unwind_memo_hits(uw) >= hits + 2);
 	pa_unwind_free(uw);
 	pa_modules_free(uw_mods);
 }
@@ -989,15 +1044,23 @@ TEST_TIMEOUT(unwind_cost_per_sample, 60)
 {
 	pa_thread_init_current();
 	uw_setup();
-	/* Warm: the same stacks again and again (libunwind's cache). */
+	/* Warm: the same stacks again and again (the rules cached), and
+	 * the same stack remembered whole. */
 	deep(&uw_sample, 20);
 	int n = uw_run(&uw_sample, uw_pcs, MAXF);
 	CHECK(n >= 25);
 	const int iters = 20000;
+	pa_unwind_set_memo(uw, 0);
 	double t0 = now_us();
 	for (int i = 0; i < iters; i++)
 		uw_run(&uw_sample, uw_pcs, MAXF);
 	double warm = (now_us() - t0) / iters;
+	pa_unwind_set_memo(uw, 1);
+	uw_run(&uw_sample, uw_pcs, MAXF);
+	t0 = now_us();
+	for (int i = 0; i < iters; i++)
+		uw_run(&uw_sample, uw_pcs, MAXF);
+	double remembered = (now_us() - t0) / iters;
 	/* Cold: the first unwind after a fresh address space. */
 	double cold = 0;
 	for (int i = 0; i < 20; i++) {
@@ -1021,8 +1084,8 @@ TEST_TIMEOUT(unwind_cost_per_sample, 60)
 		padded_capture(&uw_sample);
 	double foreign = (now_us() - t0) / iters;
 	CHECK_EQ_INT(uw_sample.stack_len, PA_STACK_COPY);
-	printf(
-	    "  unwind %d frames: %.2f us warm, %.1f us cold; capture of 16 KiB "
-	    "%.2f us (known bounds), %.2f us (process_vm_readv)\n",
-	    n, warm, cold, here, foreign);
+	printf("  unwind %d frames: %.2f us remembered, %.2f us warm, %.1f us "
+	       "cold; capture of 16 KiB %.2f us (known bounds), %.2f us "
+	       "(process_vm_readv)\n",
+	       n, remembered, warm, cold, here, foreign);
 }
