@@ -149,18 +149,22 @@ def compare(argv, variants, on_run=None, raw=None):
                 shutil.rmtree(out, ignore_errors=True)
     if raw is not None:
         raw.update(res)
-    return {n: (statistics.median(w), statistics.median(c), min(w), min(c)) for n, (w, c) in res.items()}
+    return {n: (statistics.median(w), statistics.median(c), min(w), min(c), w) for n, (w, c) in res.items()}
 
 
 def table(title, results, base, notes=None):
-    """Medians, and the best run of each (on a shared machine the least
-    disturbed run is the more repeatable figure)."""
+    """Medians, the best run of each (on a shared machine the least
+    disturbed run is the more repeatable figure), and the median of the
+    ratios within each repetition (its runs are neighbours in time, so
+    slow drifts of the machine cancel)."""
     print(f"\n## {title}")
     print(f"{'variant':40} {'wall s':>8} {'cpu s':>8} {'wall x':>7} {'cpu x':>7}"
-          f" {'best wall x':>12} {'best cpu x':>11}")
-    bw, bc, bbw, bbc = results[base]
-    for name, (w, c, mw, mc) in results.items():
-        print(f"{name:40} {w:8.3f} {c:8.3f} {w / bw:7.3f} {c / bc:7.3f} {mw / bbw:12.3f} {mc / bbc:11.3f}")
+          f" {'best wall x':>12} {'best cpu x':>11} {'paired wall x':>14}")
+    bw, bc, bbw, bbc, bws = results[base]
+    for name, (w, c, mw, mc, ws) in results.items():
+        paired = statistics.median(x / y for x, y in zip(ws, bws))
+        print(f"{name:40} {w:8.3f} {c:8.3f} {w / bw:7.3f} {c / bc:7.3f} {mw / bbw:12.3f} {mc / bbc:11.3f}"
+              f" {paired:14.3f}")
     for n in notes or []:
         print(n)
     sys.stdout.flush()
@@ -257,8 +261,9 @@ def bench_malloc():
     r = compare(prog, variants, on_run)
     notes = []
     if "jemalloc" in r:
+        jp = statistics.median(x / y for x, y in zip(r["jemalloc prof:true"][4], r["jemalloc"][4]))
         notes.append(f"jemalloc's own profiler: {r['jemalloc prof:true'][0] / r['jemalloc'][0]:.3f}x wall "
-                     "vs jemalloc (the agent's target: <= 1.15x vs glibc)")
+                     f"vs jemalloc ({jp:.3f}x paired; the agent's target: <= 1.15x vs glibc)")
     rate = 512 * 1024
     for name, a in acc.items():
         notes.append(f"{name}: alloc_space {statistics.median(a['bytes']):.3f}x of the bytes allocated, "
