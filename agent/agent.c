@@ -291,6 +291,7 @@ __attribute__((constructor)) static void pa_agent_load(void)
 		pa_error("no memory for the sample buffer: profiling off");
 		goto out;
 	}
+	pa_ring_warm(pa_agent.ring);
 	exit_key_ok = pthread_key_create(&exit_key, on_thread_exit) == 0;
 	/* Heap sampling: countdowns become real draws, the live table is
 	 * mapped; hooks record only once the state below is RUNNING. */

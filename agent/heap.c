@@ -792,6 +792,7 @@ int pa_heap_start(const struct pa_config *cfg, struct pa_ring *ring,
 		struct pa_live *t;
 		rc = pa_live_new(&t, PA_LIVE_SLOTS);
 		if (rc == 0) {
+			pa_live_populate(t);
 			pa_heap.live = t;
 			publish_filter(t->filter);
 		} else {

@@ -7,6 +7,10 @@
 
 #include "live.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 /* A slot's addr: 0 empty, CLAIMED while one thread writes or removes it,
  * else the block's address (published last, with release). */
 #define CLAIMED 1u
@@ -52,6 +56,16 @@ int pa_live_new(struct pa_live **out, unsigned nslots)
 	t->map_len = len;
 	*out = t;
 	return 0;
+}
+
+void pa_live_populate(struct pa_live *t)
+{
+	/* MADV_POPULATE_WRITE (Linux 5.14); else a write to each page. */
+	if (madvise(t, t->map_len, MADV_POPULATE_WRITE) == 0)
+		return;
+	volatile uint8_t *p = (volatile uint8_t *)t;
+	for (size_t o = 0; o < t->map_len; o += 4096)
+		p[o] = p[o];
 }
 
 void pa_live_free(struct pa_live *t)

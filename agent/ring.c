@@ -9,6 +9,10 @@
 
 #include "ring.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 #define CACHELINE 64
 /* Hard cap: 8192 full-size records are ~137 MiB of address space. */
 #define MAX_SLOTS 8192u
@@ -121,6 +125,27 @@ int pa_ring_new(struct pa_ring **out, unsigned nslots)
 	 * *out (the agent's state, stored after it). */
 	*out = r;
 	return 0;
+}
+
+/* Where the consumer rewinds: REWIND_AT, or half the ring if less. */
+static uint64_t rewind_at(const struct pa_ring *r)
+{
+	return r->size / 2 < REWIND_AT ? r->size / 2 : REWIND_AT;
+}
+
+void pa_ring_warm(struct pa_ring *r)
+{
+	if (!r)
+		return;
+	/* A record may start just before the rewind point. */
+	uint64_t len = rewind_at(r) + REC_FULL;
+	if (len > r->size)
+		len = r->size;
+	if (madvise(r->data, len, MADV_POPULATE_WRITE) == 0)
+		return;
+	volatile uint8_t *p = r->data;
+	for (uint64_t o = 0; o < len; o += 4096)
+		p[o] = 0; /* free space is zero */
 }
 
 void pa_ring_free(struct pa_ring *r)
@@ -241,8 +266,7 @@ static void hand_back(struct pa_ring *r, uint64_t off, uint64_t len)
  * finds room (the full check then sees size - off + REC_FULL <= size). */
 static void rewind_if_far(struct pa_ring *r, uint64_t off)
 {
-	uint64_t at = r->size / 2 < REWIND_AT ? r->size / 2 : REWIND_AT;
-	if (off < at || off < REC_FULL)
+	if (off < rewind_at(r) || off < REC_FULL)
 		return;
 	uint64_t deq = r->deq, to = deq + (r->size - off);
 	if (!__atomic_compare_exchange_n(&r->enq, &deq, to, false,

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "live.h"
 #include "unit.h"
@@ -80,6 +81,35 @@ TEST(live_insert_remove_roundtrip)
 	CHECK_EQ_INT(count_entries(t), 0);
 	/* Every counter back to zero: free of anything is one load again. */
 	CHECK(filter_all_zero(t));
+	pa_live_free(t);
+}
+
+/* Pages of [p, p + len) in memory. */
+static size_t resident_pages(const void *p, size_t len)
+{
+	static unsigned char vec[1 << 12];
+	size_t pages = (len + 4095) / 4096, n = 0;
+	CHECK(pages <= sizeof(vec));
+	CHECK_EQ_INT(mincore((void *)(uintptr_t)p, len, vec), 0);
+	for (size_t i = 0; i < pages; i++)
+		n += vec[i] & 1;
+	return n;
+}
+
+/* The agent's table is mapped whole before it is used: a sampled
+ * allocation never takes a page fault in it. It still starts empty. */
+TEST(live_populate_maps_every_page)
+{
+	struct pa_live *t = live_new(PA_LIVE_SLOTS);
+	size_t pages = (t->map_len + 4095) / 4096;
+	CHECK(resident_pages(t, t->map_len) < pages / 2);
+	pa_live_populate(t);
+	CHECK_EQ_INT(resident_pages(t, t->map_len), pages);
+	CHECK_EQ_INT(count_entries(t), 0);
+	CHECK(filter_all_zero(t));
+	struct pa_live_entry e = entry(0x100040, 5, 1);
+	CHECK_EQ_INT(pa_live_insert(t, &e), 0);
+	CHECK_EQ_INT(pa_live_remove(t, (void *)0x100040, NULL), 1);
 	pa_live_free(t);
 }
 

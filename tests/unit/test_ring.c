@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -237,6 +238,42 @@ TEST(ring_exact_reservations_take_what_they_ask)
 	CHECK(take(r, e, 5));
 	CHECK_EQ_INT(pa_ring_dropped(r), 0);
 	pa_ring_free(r);
+}
+
+/* Pages of the 256 KiB from the ring's first record on in memory. */
+static size_t warm_pages(const struct pa_sample *first)
+{
+	static unsigned char vec[64];
+	uintptr_t page = (uintptr_t)first & ~(uintptr_t)4095;
+	CHECK_EQ_INT(mincore((void *)page, 64 * 4096, vec), 0);
+	size_t n = 0;
+	for (int i = 0; i < 64; i++)
+		n += vec[i] & 1;
+	return n;
+}
+
+/* Warmed, the bytes producers reuse are mapped before the first sample,
+ * and the ring works as before; cold, only what was written is. */
+TEST(ring_warm_maps_the_first_bytes)
+{
+	struct pa_ring *cold, *warm;
+	CHECK_EQ_INT(pa_ring_new(&cold, 256), 0);
+	CHECK_EQ_INT(pa_ring_new(&warm, 256), 0);
+	pa_ring_warm(warm);
+	struct pa_sample *c = pa_ring_reserve_stack(cold, 0);
+	struct pa_sample *w = pa_ring_reserve_stack(warm, 0);
+	CHECK(c && w);
+	CHECK(warm_pages(c) <= 2);
+	CHECK_EQ_INT(warm_pages(w), 64);
+	w->stack_len = 0;
+	w->seq = 9;
+	pa_ring_commit(warm, w);
+	struct pa_sample *s = pa_ring_next(warm);
+	CHECK(s == w && s->seq == 9);
+	pa_ring_release(warm, s);
+	CHECK(pa_ring_next(warm) == NULL);
+	pa_ring_free(cold);
+	pa_ring_free(warm);
 }
 
 /* A consumer that keeps up uses the first few hundred KiB of the ring, lap
