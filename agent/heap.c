@@ -418,6 +418,12 @@ void *pa_heap_sampled(void *p, size_t n)
 	return p;
 }
 
+void *pa_heap_malloc_crossed(size_t n)
+{
+	return pa_heap_sampled(
+	    __atomic_load_n(&pa_heap.hot_malloc, __ATOMIC_RELAXED)(n), n);
+}
+
 /* Counts and maybe samples a block that one of the hooks below obtained. */
 static inline void *account(void *p, size_t n)
 {

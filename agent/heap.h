@@ -173,6 +173,9 @@ void *pa_heap_boot_alloc(size_t n, size_t align);
 void *pa_heap_boot_malloc(size_t n);
 void *pa_heap_boot_calloc(size_t n, size_t m);
 void *pa_heap_sampled(void *p, size_t n);
+/* malloc once its countdown crossed (it was charged): the real call, then
+ * maybe a sample. */
+void *pa_heap_malloc_crossed(size_t n);
 void pa_heap_free_slow(void *p);
 void pa_heap_free_maybe(void *p);
 

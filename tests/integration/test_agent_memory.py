@@ -406,3 +406,42 @@ def test_oom_guard_profile_names_the_loader(tmp_path, aggregator):
         assert seqs == list(range(1, len(seqs) + 1)), seqs
     finally:
         rec.stop()
+
+
+TAIL_CHECK = r"""
+import ctypes, os, struct, sys
+agent = ctypes.CDLL(sys.argv[1])       # the agent's own definitions
+nxt = ctypes.CDLL(sys.argv[2])         # the next definition
+addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value
+def tail(fn):
+    # malloc and free end in a jmp rel32 whose displacement is aligned.
+    a = addr(fn)
+    b = ctypes.string_at(a, 64)
+    for i in range(len(b) - 5):
+        if b[i] == 0xE9 and (a + i + 1) % 4 == 0:
+            return a + i + 5 + struct.unpack("<i", b[i + 1:i + 5])[0]
+agent.malloc.restype = ctypes.c_void_p
+agent.free(ctypes.c_void_p(agent.malloc(1000)))
+print(tail(agent.malloc) == addr(getattr(nxt, sys.argv[3])),
+      tail(agent.free) == addr(getattr(nxt, sys.argv[4])))
+"""
+
+
+@pytest.mark.parametrize("allocator", ["glibc", "jemalloc"])
+def test_malloc_and_free_jump_straight_to_the_next_definition(tmp_path, allocator):
+    """Once resolved, the malloc and free hooks end in a direct jump to the
+    next definition (glibc's, or an allocator preloaded after the agent),
+    not in a jump through a pointer: measured, that indirect jump was most
+    of what interposing cost."""
+    preload = str(AGENT_SO)
+    nxt, names = "libc.so.6", ("__libc_malloc", "__libc_free")
+    if allocator == "jemalloc":
+        if not os.path.exists(JEMALLOC):
+            pytest.skip("no libjemalloc")
+        preload += ":" + JEMALLOC
+        nxt, names = JEMALLOC, ("malloc", "free")
+    env = mem_env(tmp_path, preload=preload)
+    script = tmp_path / "tail.py"
+    script.write_text(TAIL_CHECK)
+    out = run(["/usr/bin/python3", script, AGENT_SO, nxt, *names], env).stdout
+    assert out.split() == ["True", "True"], out
