@@ -219,14 +219,16 @@ static inline bool pa_heap_count(size_t n)
 /* malloc and free are the hooks a program calls most: a few instructions
  * each, no test for "not resolved yet" (hot_malloc and hot_free are stubs
  * that resolve until then) nor for the bootstrap pool (its blocks are
- * "maybe" in every prefilter). */
+ * "maybe" in every prefilter). On x86_64 the exported malloc and free are
+ * these two in assembly (preload.c), with a patched direct tail jump;
+ * a change here goes there too. */
 static inline void *pa_heap_malloc(size_t n)
 {
 	void *(*fn)(size_t) =
 	    __atomic_load_n(&pa_heap.hot_malloc, __ATOMIC_RELAXED);
 	if (__builtin_expect(pa_heap_count(n), 1))
 		return fn(n);
-	return pa_heap_sampled(fn(n), n);
+	return pa_heap_malloc_crossed(n);
 }
 
 static inline void *pa_heap_calloc(size_t n, size_t m)
