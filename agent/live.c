@@ -61,11 +61,13 @@ int pa_live_new(struct pa_live **out, unsigned nslots)
 void pa_live_populate(struct pa_live *t)
 {
 	/* MADV_POPULATE_WRITE (Linux 5.14); else a write to each page. */
-	if (madvise(t, t->map_len, MADV_POPULATE_WRITE) == 0)
-		return;
-	volatile uint8_t *p = (volatile uint8_t *)t;
-	for (size_t o = 0; o < t->map_len; o += 4096)
-		p[o] = p[o];
+	int saved = errno;
+	if (madvise(t, t->map_len, MADV_POPULATE_WRITE) != 0) {
+		volatile uint8_t *p = (volatile uint8_t *)t;
+		for (size_t o = 0; o < t->map_len; o += 4096)
+			p[o] = p[o];
+	}
+	errno = saved;
 }
 
 void pa_live_free(struct pa_live *t)

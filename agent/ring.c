@@ -67,7 +67,7 @@ struct rec {
 #define REC_LEN	       0xffffffffULL
 #define REC_HEAD       offsetof(struct rec, s)
 #define ALIGN_UP(v, a) (((v) + (a)-1) & ~((uint64_t)(a)-1))
-/* A record with room for `stack` bytes of stack copy. */
+/* A record with room for n bytes of stack copy. */
 #define REC_LEN_FOR(n)                                                         \
 	ALIGN_UP(REC_HEAD + offsetof(struct pa_sample, stack) + (n), CACHELINE)
 /* A full-size record. */
@@ -141,11 +141,13 @@ void pa_ring_warm(struct pa_ring *r)
 	uint64_t len = rewind_at(r) + REC_FULL;
 	if (len > r->size)
 		len = r->size;
-	if (madvise(r->data, len, MADV_POPULATE_WRITE) == 0)
-		return;
-	volatile uint8_t *p = r->data;
-	for (uint64_t o = 0; o < len; o += 4096)
-		p[o] = 0; /* free space is zero */
+	int saved = errno;
+	if (madvise(r->data, len, MADV_POPULATE_WRITE) != 0) {
+		volatile uint8_t *p = r->data;
+		for (uint64_t o = 0; o < len; o += 4096)
+			p[o] = 0; /* free space is zero */
+	}
+	errno = saved;
 }
 
 void pa_ring_free(struct pa_ring *r)
