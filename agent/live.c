@@ -58,16 +58,12 @@ int pa_live_new(struct pa_live **out, unsigned nslots)
 	return 0;
 }
 
-void pa_live_populate(struct pa_live *t)
+int pa_live_populate(struct pa_live *t)
 {
-	/* MADV_POPULATE_WRITE (Linux 5.14); else a write to each page. */
 	int saved = errno;
-	if (madvise(t, t->map_len, MADV_POPULATE_WRITE) != 0) {
-		volatile uint8_t *p = (volatile uint8_t *)t;
-		for (size_t o = 0; o < t->map_len; o += 4096)
-			p[o] = p[o];
-	}
+	int rc = madvise(t, t->map_len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 	errno = saved;
+	return rc;
 }
 
 void pa_live_free(struct pa_live *t)

@@ -45,13 +45,15 @@ struct pa_live {
 /* Maps a table of nslots (a power of two >= PA_LIVE_WINDOW) with mmap:
  * never malloc, so the hooks cannot recurse. Not for the hot path. */
 int pa_live_new(struct pa_live **out, unsigned nslots);
-void pa_live_free(struct pa_live *t);
+void pa_live_free(struct pa_live *t); /* accepts NULL; no hook may use t */
 
 /* Maps all of t's pages now (before it is published: t is empty), so
  * that the threads whose allocations are sampled never take a page fault
  * in it: each page would otherwise cost them two (a read, then the
- * write), and every page is soon used, the slots being hashed. */
-void pa_live_populate(struct pa_live *t); /* accepts NULL; no hook may use t */
+ * write), and every page is soon used, the slots being hashed. Returns 0,
+ * or -errno where the kernel cannot (before Linux 5.14): then pages are
+ * mapped on first use, as without this. */
+int pa_live_populate(struct pa_live *t);
 
 /* The prefilter counter of p, direct-mapped by 64-byte line: the frees
  * of one heap page read one cache line of the filter (a hashed index

@@ -133,21 +133,18 @@ static uint64_t rewind_at(const struct pa_ring *r)
 	return r->size / 2 < REWIND_AT ? r->size / 2 : REWIND_AT;
 }
 
-void pa_ring_warm(struct pa_ring *r)
+int pa_ring_warm(struct pa_ring *r)
 {
 	if (!r)
-		return;
+		return -EINVAL;
 	/* A record may start just before the rewind point. */
 	uint64_t len = rewind_at(r) + REC_FULL;
 	if (len > r->size)
 		len = r->size;
 	int saved = errno;
-	if (madvise(r->data, len, MADV_POPULATE_WRITE) != 0) {
-		volatile uint8_t *p = r->data;
-		for (uint64_t o = 0; o < len; o += 4096)
-			p[o] = 0; /* free space is zero */
-	}
+	int rc = madvise(r->data, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 	errno = saved;
+	return rc;
 }
 
 void pa_ring_free(struct pa_ring *r)

@@ -65,8 +65,9 @@ int pa_ring_new(struct pa_ring **out, unsigned nslots);
 void pa_ring_free(struct pa_ring *r);
 /* Maps now the first bytes, which producers reuse lap after lap while the
  * consumer keeps up (ring.c, Rewind): their page faults are taken here
- * instead of in the threads being profiled. Before any producer runs. */
-void pa_ring_warm(struct pa_ring *r);
+ * instead of in the threads being profiled. Returns 0, or -errno where
+ * the kernel cannot (before Linux 5.14: mapped on first use then). */
+int pa_ring_warm(struct pa_ring *r);
 
 /* Producer side, async-signal-safe and lock-free, any thread, re-entrant
  * (a signal may interrupt a reserve/commit pair on the same thread).

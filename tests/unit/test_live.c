@@ -103,7 +103,7 @@ TEST(live_populate_maps_every_page)
 	struct pa_live *t = live_new(PA_LIVE_SLOTS);
 	size_t pages = (t->map_len + 4095) / 4096;
 	CHECK(resident_pages(t, t->map_len) < pages / 2);
-	pa_live_populate(t);
+	CHECK_EQ_INT(pa_live_populate(t), 0);
 	CHECK_EQ_INT(resident_pages(t, t->map_len), pages);
 	CHECK_EQ_INT(count_entries(t), 0);
 	CHECK(filter_all_zero(t));

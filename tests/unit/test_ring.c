@@ -259,7 +259,7 @@ TEST(ring_warm_maps_the_first_bytes)
 	struct pa_ring *cold, *warm;
 	CHECK_EQ_INT(pa_ring_new(&cold, 256), 0);
 	CHECK_EQ_INT(pa_ring_new(&warm, 256), 0);
-	pa_ring_warm(warm);
+	CHECK_EQ_INT(pa_ring_warm(warm), 0);
 	struct pa_sample *c = pa_ring_reserve_stack(cold, 0);
 	struct pa_sample *w = pa_ring_reserve_stack(warm, 0);
 	CHECK(c && w);
